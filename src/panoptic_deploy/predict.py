@@ -1,0 +1,121 @@
+"""Eager PyTorch prediction: image files -> COCO panoptic PNG + segments JSON per image."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from panoptic_deploy.categories import coco_id_from_contiguous
+from panoptic_deploy.errors import ImageError, PanopticDeployError
+from panoptic_deploy.fileio import write_text_atomic
+from panoptic_deploy.modeling import PanopticFCN, build_model
+from panoptic_deploy.panoptic_format import write_panoptic_png
+from panoptic_deploy.postprocess import PanopticResult, postprocess
+from panoptic_deploy.preprocess import prepare_image, read_image
+
+
+class Predictor:
+    """Pre-processing + network + host post-processing for one image at a time (batch 1, as official)."""
+
+    def __init__(self, model: PanopticFCN, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    @classmethod
+    def from_files(
+        cls,
+        config: str | os.PathLike[str],
+        weights: str | os.PathLike[str],
+        opts: Sequence[str] = (),
+        device: str | torch.device = "cpu",
+    ) -> Predictor:
+        """Build the model of ``config`` and load ``weights`` strictly (:mod:`panoptic_deploy.checkpoint`)."""
+        from panoptic_deploy.checkpoint import load_weights
+        from panoptic_deploy.config import load_config
+
+        model = build_model(load_config(Path(config), opts))
+        load_weights(model, weights)
+        return cls(model, device)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> PanopticResult:
+        """H×W×3 uint8 in the model's channel order (``INPUT.FORMAT``) -> result at the image's size."""
+        prepared = prepare_image(image, self.model.input_params)
+        outputs = self.model(prepared.tensor.to(self.device))
+        return postprocess(outputs, prepared.image_size, prepared.orig_size, self.model.inference)
+
+    def predict_file(self, path: str | os.PathLike[str]) -> PanopticResult:
+        return self(read_image(path, self.model.input_params.input_format))
+
+
+def segments_info(result: PanopticResult) -> list[dict[str, Any]]:
+    """``segments_info`` entries: id, category_id (as the network predicts it), coco_category_id, isthing,
+    score (things; None for stuff), area, instance_id (things)."""
+    return [
+        {
+            "id": seg.id,
+            "category_id": seg.category_id,
+            "coco_category_id": coco_id_from_contiguous(seg.category_id, seg.isthing),
+            "isthing": seg.isthing,
+            "score": seg.score,
+            "area": seg.area,
+            "instance_id": seg.instance_id,
+        }
+        for seg in result.segments
+    ]
+
+
+def write_prediction(result: PanopticResult, output_dir: str | os.PathLike[str], name: str) -> None:
+    """Write ``NAME.png`` (segment id = R + 256 G + 65536 B) and ``NAME.json`` into ``output_dir``."""
+    out = Path(output_dir)
+    write_panoptic_png(out / f"{name}.png", result.panoptic_seg)
+    document = {
+        "file_name": f"{name}.png",
+        "height": int(result.panoptic_seg.shape[0]),
+        "width": int(result.panoptic_seg.shape[1]),
+        "segments_info": segments_info(result),
+    }
+    write_text_atomic(out / f"{name}.json", json.dumps(document, indent=1) + "\n")
+
+
+def predict_files(
+    config: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]],
+    output_dir: str | os.PathLike[str],
+    opts: Sequence[str] = (),
+    threads: int | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Predict every image; returns one message per image that failed (the others are still written)."""
+    names = [Path(p).stem for p in images]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ImageError(f"several input images share the name {duplicates[0]!r}; outputs would collide")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    predictor = Predictor.from_files(config, weights, opts)
+    failures: list[str] = []
+    for path, name in tqdm(
+        list(zip(images, names, strict=True)),
+        desc="predict",
+        unit="img",
+        disable=not progress or len(images) < 2,
+    ):
+        try:
+            result = predictor.predict_file(path)
+        except ImageError as exc:
+            failures.append(str(exc))
+            continue
+        except PanopticDeployError as exc:
+            failures.append(f"{path}: {exc}")
+            continue
+        write_prediction(result, output_dir, name)
+    return failures
