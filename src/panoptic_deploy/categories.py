@@ -1,0 +1,115 @@
+"""COCO panoptic categories (80 things + 53 stuff) and the model's contiguous <-> COCO id mapping.
+
+The network numbers its classes contiguously (spec Appendix A, detectron2's "panoptic separated" metadata):
+thing segments carry ``category_id`` 0..79 (COCO categories with ``isthing = 1`` sorted by COCO id) and
+stuff segments carry the stuff-head channel 1..53 (channel 0 is the merged "things" class and is never a
+segment). COCO panoptic JSON carries the COCO category id instead; ``isthing`` picks the table.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+
+from panoptic_deploy.errors import PanopticFormatError
+
+
+@dataclass(frozen=True)
+class Category:
+    """One COCO panoptic category.
+
+    ``color`` is a fixed RGB colour for visualisation (ours, not COCO's palette).
+    """
+
+    id: int
+    name: str
+    isthing: bool
+    color: tuple[int, int, int] = (0, 0, 0)
+
+
+# (COCO id, name) in contiguous order: index = contiguous thing id 0..79.
+_THINGS: tuple[tuple[int, str], ...] = (
+    (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"),
+    (6, "bus"), (7, "train"), (8, "truck"), (9, "boat"), (10, "traffic light"),
+    (11, "fire hydrant"), (13, "stop sign"), (14, "parking meter"), (15, "bench"), (16, "bird"),
+    (17, "cat"), (18, "dog"), (19, "horse"), (20, "sheep"), (21, "cow"),
+    (22, "elephant"), (23, "bear"), (24, "zebra"), (25, "giraffe"), (27, "backpack"),
+    (28, "umbrella"), (31, "handbag"), (32, "tie"), (33, "suitcase"), (34, "frisbee"),
+    (35, "skis"), (36, "snowboard"), (37, "sports ball"), (38, "kite"), (39, "baseball bat"),
+    (40, "baseball glove"), (41, "skateboard"), (42, "surfboard"), (43, "tennis racket"), (44, "bottle"),
+    (46, "wine glass"), (47, "cup"), (48, "fork"), (49, "knife"), (50, "spoon"),
+    (51, "bowl"), (52, "banana"), (53, "apple"), (54, "sandwich"), (55, "orange"),
+    (56, "broccoli"), (57, "carrot"), (58, "hot dog"), (59, "pizza"), (60, "donut"),
+    (61, "cake"), (62, "chair"), (63, "couch"), (64, "potted plant"), (65, "bed"),
+    (67, "dining table"), (70, "toilet"), (72, "tv"), (73, "laptop"), (74, "mouse"),
+    (75, "remote"), (76, "keyboard"), (77, "cell phone"), (78, "microwave"), (79, "oven"),
+    (80, "toaster"), (81, "sink"), (82, "refrigerator"), (84, "book"), (85, "clock"),
+    (86, "vase"), (87, "scissors"), (88, "teddy bear"), (89, "hair drier"), (90, "toothbrush"),
+)  # fmt: skip
+
+# (COCO id, name) in contiguous order: index + 1 = stuff-head channel 1..53 (names are detectron2's).
+_STUFF: tuple[tuple[int, str], ...] = (
+    (92, "banner"), (93, "blanket"), (95, "bridge"), (100, "cardboard"), (107, "counter"),
+    (109, "curtain"), (112, "door-stuff"), (118, "floor-wood"), (119, "flower"), (122, "fruit"),
+    (125, "gravel"), (128, "house"), (130, "light"), (133, "mirror-stuff"), (138, "net"),
+    (141, "pillow"), (144, "platform"), (145, "playingfield"), (147, "railroad"), (148, "river"),
+    (149, "road"), (151, "roof"), (154, "sand"), (155, "sea"), (156, "shelf"),
+    (159, "snow"), (161, "stairs"), (166, "tent"), (168, "towel"), (171, "wall-brick"),
+    (175, "wall-stone"), (176, "wall-tile"), (177, "wall-wood"), (178, "water"), (180, "window-blind"),
+    (181, "window"), (184, "tree"), (185, "fence"), (186, "ceiling"), (187, "sky"),
+    (188, "cabinet"), (189, "table"), (190, "floor"), (191, "pavement"), (192, "mountain"),
+    (193, "grass"), (194, "dirt"), (195, "paper"), (196, "food"), (197, "building"),
+    (198, "rock"), (199, "wall"), (200, "rug"),
+)  # fmt: skip
+
+NUM_THING_CLASSES = len(_THINGS)  # 80
+NUM_STUFF_CLASSES = len(_STUFF)  # 53 (the stuff head has 54 channels: 0 = things)
+
+# THING_CONTIGUOUS_TO_COCO[c] for c in 0..79.
+THING_CONTIGUOUS_TO_COCO: tuple[int, ...] = tuple(coco_id for coco_id, _ in _THINGS)
+# STUFF_CONTIGUOUS_TO_COCO[c] for c in 1..53 (channel 0, the merged things class, has no COCO id).
+STUFF_CONTIGUOUS_TO_COCO: dict[int, int] = {i + 1: coco_id for i, (coco_id, _) in enumerate(_STUFF)}
+# COCO id -> (contiguous id, isthing).
+COCO_TO_CONTIGUOUS: dict[int, tuple[int, bool]] = {
+    **{coco_id: (c, True) for c, coco_id in enumerate(THING_CONTIGUOUS_TO_COCO)},
+    **{coco_id: (c, False) for c, coco_id in STUFF_CONTIGUOUS_TO_COCO.items()},
+}
+
+
+def _palette_color(index: int, isthing: bool) -> tuple[int, int, int]:
+    """Deterministic colour: hues spread by the golden ratio; things saturated, stuff paler."""
+    hue = (index * 0.618033988749895) % 1.0
+    saturation, value = (0.85, 0.95) if isthing else (0.45, 0.80)
+    r, g, b = colorsys.hsv_to_rgb(hue, saturation, value)
+    return (round(r * 255), round(g * 255), round(b * 255))
+
+
+COCO_CATEGORIES: tuple[Category, ...] = tuple(
+    sorted(
+        [Category(i, n, True, _palette_color(k, True)) for k, (i, n) in enumerate(_THINGS)]
+        + [Category(i, n, False, _palette_color(k, False)) for k, (i, n) in enumerate(_STUFF)],
+        key=lambda cat: cat.id,
+    )
+)
+"""All 133 categories, sorted by COCO id."""
+
+CATEGORY_BY_ID: dict[int, Category] = {cat.id: cat for cat in COCO_CATEGORIES}
+
+
+def coco_id_from_contiguous(contiguous_id: int, isthing: bool) -> int:
+    """COCO category id of a model segment (``category_id`` is contiguous; ``isthing`` picks the table)."""
+    if isthing:
+        if 0 <= contiguous_id < NUM_THING_CLASSES:
+            return THING_CONTIGUOUS_TO_COCO[contiguous_id]
+        raise PanopticFormatError(f"thing category_id {contiguous_id} is outside 0..{NUM_THING_CLASSES - 1}")
+    if contiguous_id in STUFF_CONTIGUOUS_TO_COCO:
+        return STUFF_CONTIGUOUS_TO_COCO[contiguous_id]
+    raise PanopticFormatError(f"stuff category_id {contiguous_id} is outside 1..{NUM_STUFF_CLASSES}")
+
+
+def contiguous_from_coco(coco_id: int) -> tuple[int, bool]:
+    """(contiguous id, isthing) of a COCO panoptic category id."""
+    try:
+        return COCO_TO_CONTIGUOUS[coco_id]
+    except KeyError:
+        raise PanopticFormatError(f"unknown COCO panoptic category id {coco_id}") from None
