@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -401,17 +400,17 @@ def _default_workers() -> int:
 
 
 def _map_tasks(tasks: Sequence[_ImageTask], workers: int) -> Iterable[PQStat]:
+    """Per-image statistics in task order, from ``workers`` processes."""
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_evaluate_task, tasks)
         return
-    # forkserver: safe in a parent that already runs threads (torch, ORT), unlike fork.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    # fork: workers start in milliseconds and never re-import the caller's __main__ (forkserver and spawn
+    # do, which breaks scripts read from stdin). The parent should not be running threads of its own
+    # (e.g. torch's); callers that are pass workers=1.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     chunksize = max(1, min(64, len(tasks) // (workers * 8)))
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
-    try:
-        yield from executor.map(_evaluate_task, tasks, chunksize=chunksize)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    with multiprocessing.get_context(method).Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap(_evaluate_task, tasks, chunksize=chunksize)
 
 
 def compute_pq(
