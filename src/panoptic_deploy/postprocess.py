@@ -122,7 +122,7 @@ def postprocess(
         segments=segments,
         sem_seg_argmax=stuff_label.cpu().numpy(),
         instance_classes=classes.cpu().numpy(),
-        instance_scores=scores.float().cpu().numpy(),
+        instance_scores=scores.cpu().numpy(),
         instance_masks=masks.cpu().numpy() if with_instance_masks else None,
     )
 
@@ -179,6 +179,6 @@ def _as_tensors(outputs: NetworkOutputs | Mapping[str, torch.Tensor | np.ndarray
     result: dict[str, torch.Tensor] = {}
     for name, value in items:
         tensor = torch.from_numpy(np.asarray(value)) if isinstance(value, np.ndarray) else value
-        # Reduced-precision backends may return FP16 maps; the thresholds are applied in FP32.
-        result[name] = tensor.float() if tensor.is_floating_point() else tensor
+        # Reduced-precision backends may return FP16 maps; the thresholds are applied in FP32 (or FP64).
+        result[name] = tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
     return result

@@ -143,7 +143,10 @@ class PanopticFCN(nn.Module):
 
     def forward(self, image: torch.Tensor) -> NetworkOutputs:
         """1×3×H×W -> :class:`NetworkOutputs`; every shape depends only on H and W."""
-        heads = self.forward_heads(image)
+        return self.decode(self.forward_heads(image))
+
+    def decode(self, heads: HeadOutputs) -> NetworkOutputs:
+        """Fixed-size candidate selection, kernel fusion and mask prediction on the head outputs."""
         encoded = heads.encoded.flatten(1)  # 64 × Hf·Wf
         hf, wf = heads.encoded.shape[-2:]
         inst_probs, inst_scores, inst_classes, inst_valid = self._things(heads, encoded)
