@@ -25,6 +25,7 @@ from panoptic_deploy.modeling.deform_conv import (
     ModulatedDeformConvWithOff,
     deform_conv_export_mode,
     get_deform_conv_export_mode,
+    grid_sample_fp32_node_names,
     modulated_deform_conv2d,
     onnx_deformconv_translation_table,
     register_onnx_deformconv_symbolic,
@@ -323,6 +324,11 @@ def test_onnx_export_runs_in_onnxruntime(
     if mode == "grid_sample":
         assert "GridSample" in ops
         assert "DeformConv" not in ops
+        # The FP32 island for FP16 models: GridSample and the grid arithmetic, nothing of the convs/norm.
+        by_name = {node.name: node for node in model.graph.node}
+        kept = {by_name[name].op_type for name in grid_sample_fp32_node_names(model)}
+        assert {"GridSample", "Mul", "Add"} <= kept
+        assert not kept & {"Conv", "Pad", "Sigmoid", "InstanceNormalization", "Relu"}
     else:
         assert "DeformConv" in ops
         assert "GridSample" not in ops
