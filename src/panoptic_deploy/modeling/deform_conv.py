@@ -49,10 +49,11 @@ DEFORMCONV_MIN_OPSET = 19
 
 
 def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
-    pair = (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-    if len(pair) != 2:
+    if isinstance(v, int):
+        return (v, v)
+    if len(v) != 2:
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return pair
+    return (int(v[0]), int(v[1]))
 
 
 def _check_shapes(
