@@ -52,6 +52,130 @@ def _cmd_pq(args: argparse.Namespace) -> int:
     )
 
 
+def _input_hw(values: Sequence[int] | None, config: str, image: str, opts: Sequence[str]) -> tuple[int, int]:
+    from panoptic_deploy.export import input_hw_for
+
+    if values is not None:
+        return int(values[0]), int(values[1])
+    return input_hw_for(config, image, opts)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from panoptic_deploy.compare import Tolerance
+    from panoptic_deploy.export import DEFAULT_EXPORT_TOLERANCE, export_onnx
+
+    default = DEFAULT_EXPORT_TOLERANCE
+    tolerance = Tolerance(
+        default.atol if args.atol is None else args.atol,
+        default.rtol if args.rtol is None else args.rtol,
+        default.max_flips if args.max_flips is None else args.max_flips,
+    )
+    report = export_onnx(
+        args.config,
+        args.weights,
+        args.output,
+        _input_hw(args.input_hw, args.config, args.image, args.opts),
+        args.image,
+        opts=args.opts,
+        opset=args.opset,
+        exporter=args.exporter,
+        deform_conv=args.deform_conv,
+        tolerance=tolerance,
+        threads=args.threads,
+    )
+    print(report.summary())
+    return 0
+
+
+def _cmd_simplify(args: argparse.Namespace) -> int:
+    from panoptic_deploy.export import onnx_input_hw, prepare_verify_inputs, simplify_onnx
+
+    hw = onnx_input_hw(args.input)
+    inputs = prepare_verify_inputs(args.config, args.images, hw, args.opts)
+    report = simplify_onnx(args.input, args.output, inputs, threads=args.threads)
+    print(report.summary())
+    return 0
+
+
+def _cmd_reference(args: argparse.Namespace) -> int:
+    from panoptic_deploy.bench import write_reference
+
+    reference = write_reference(
+        args.config,
+        args.weights,
+        args.images,
+        args.output,
+        _input_hw(args.input_hw, args.config, args.images[0], args.opts),
+        opts=args.opts,
+        model_name=args.model,
+        threads=args.threads,
+    )
+    print(
+        f"wrote {args.output}: torch FP32 reference of {reference.model} on {len(reference.images)} image(s)"
+    )
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from panoptic_deploy.bench import run_bench
+
+    result = run_bench(
+        args.backend,
+        args.precision,
+        config=args.config,
+        reference=args.reference,
+        output=args.output,
+        images=args.images or None,
+        weights=args.weights,
+        engine=args.engine,
+        sidecar=args.sidecar,
+        opts=args.opts,
+        model=args.model,
+        device=args.device,
+        warmup=args.warmup,
+        iterations=args.iterations,
+        threads=args.threads,
+        gt_json=args.gt_json,
+        gt_dir=args.gt_dir,
+        cuda_graph=args.cuda_graph,
+    )
+    net = result.latency.network
+    pan = result.accuracy.panoptic
+    print(
+        f"{result.model} {result.backend} {result.precision} on {result.device_name}: network p50 "
+        f"{net.p50_ms:.1f} ms (p90 {net.p90_ms:.1f}, p99 {net.p99_ms:.1f}), "
+        f"{result.throughput_ips:.2f} img/s; "
+        f"PQ vs torch FP32 {100 * pan.pq:.2f}, pixel agreement {100 * pan.pixel_agreement:.2f}%"
+    )
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from panoptic_deploy.bench import BenchError
+    from panoptic_deploy.report import skipped_from_json, write_report
+
+    skipped = []
+    if args.skipped:
+        try:
+            data = json.loads(Path(args.skipped).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BenchError(f"{args.skipped}: cannot read the skipped-combination list ({exc})") from exc
+        skipped = skipped_from_json(data["skipped"] if isinstance(data, dict) else data)
+    summary = write_report(
+        args.bench, args.output, plots_dir=args.plots_dir, skipped=skipped, example_image=args.example_image
+    )
+    print(
+        f"wrote {summary.report} ({summary.rows} rows, {summary.skipped} skipped) "
+        f"and {len(summary.plots)} plots"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panoptic-deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -82,6 +206,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the result as JSON here")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     p.set_defaults(func=_cmd_pq)
+
+    p = sub.add_parser(
+        "export", help="export the network to ONNX at one static size, checked against PyTorch"
+    )
+    p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
+    p.add_argument("--weights", required=True, help="checkpoint: detectron2 .pth or model-zoo .pkl")
+    p.add_argument("--output", required=True, help="output .onnx")
+    p.add_argument("--image", required=True, help="real image to check the export on (must pad to the size)")
+    p.add_argument(
+        "--input-hw", type=int, nargs=2, metavar=("H", "W"), help="network input (default: --image's)"
+    )
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--exporter", choices=["auto", "dynamo", "legacy"], default="auto",
+                   help="auto: dynamo, legacy TorchScript exporter if dynamo raises")  # fmt: skip
+    p.add_argument("--deform-conv", choices=["grid_sample", "onnx_deformconv"], default="grid_sample",
+                   help="how DCNv2 layers are written (onnx_deformconv needs opset >= 19)")  # fmt: skip
+    p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default 1e-3)")
+    p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default 1e-3)")
+    p.add_argument("--max-flips", type=int, default=None, help="allowed bool/int mismatches (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for the check")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("simplify", help="simplify an exported ONNX model with onnxslim, checked numerically")
+    p.add_argument("--input", required=True, help="exported .onnx")
+    p.add_argument("--output", required=True, help="simplified .onnx")
+    p.add_argument("--config", required=True, help="config of the model (pre-processing of the check images)")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for the check")
+    p.add_argument("images", nargs="+", help="images to check on (must pad to the model's input size)")
+    p.set_defaults(func=_cmd_simplify)
+
+    p = sub.add_parser("reference", help="torch FP32 reference outputs of the evaluation images (.npz)")
+    p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
+    p.add_argument("--weights", required=True, help="checkpoint: detectron2 .pth or model-zoo .pkl")
+    p.add_argument("--output", required=True, help="output .npz")
+    p.add_argument(
+        "--input-hw", type=int, nargs=2, metavar=("H", "W"), help="network input (default: first image's)"
+    )
+    p.add_argument("--model", default=None, help="model name to record (default: the output file stem)")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("images", nargs="+", help="evaluation images (all must pad to the same size)")
+    p.set_defaults(func=_cmd_reference)
+
+    p = sub.add_parser("bench", help="benchmark one backend x precision against the torch FP32 reference")
+    p.add_argument("--backend", required=True, choices=["torch", "torch_compile", "onnxruntime", "tensorrt"])
+    p.add_argument("--precision", required=True, choices=["fp32", "fp16", "int8"])
+    p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
+    p.add_argument("--reference", required=True, help="reference .npz from 'panoptic-deploy reference'")
+    p.add_argument("--output", default=None, help="result JSON (validated against the schema)")
+    p.add_argument("--weights", default=None, help="checkpoint (torch backends)")
+    p.add_argument("--engine", default=None, help="engine file (onnxruntime, tensorrt)")
+    p.add_argument("--sidecar", default=None, help="engine sidecar (default: ENGINE.json)")
+    p.add_argument("--model", default=None, help="model name (default: the reference's)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda where it applies")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs (default 1)")
+    p.add_argument("--iterations", type=int, default=10, help="timed runs (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (torch and ONNX Runtime)")
+    p.add_argument("--gt-json", default=None, help="COCO panoptic ground-truth JSON (optional)")
+    p.add_argument("--gt-dir", default=None, help="folder of ground-truth PNGs (with --gt-json)")
+    p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay a CUDA graph")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+    p.add_argument("images", nargs="*", help="evaluation images (default: the reference's)")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("report", help="Markdown report and plots from benchmark JSON files")
+    p.add_argument("--output", required=True, help="report .md")
+    p.add_argument("--plots-dir", default=None, help="folder for the PNGs (default: OUTPUT without .md)")
+    p.add_argument("--skipped", default=None,
+                   help="JSON list of {backend, precision, reason} that did not run here")  # fmt: skip
+    p.add_argument("--example-image", default=None, help="evaluation image to show (default: the first)")
+    p.add_argument("bench", nargs="+", help="benchmark JSON files")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

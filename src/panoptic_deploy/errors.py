@@ -19,3 +19,7 @@ class ImageError(PanopticDeployError):
 
 class PanopticFormatError(PanopticDeployError):
     """A COCO panoptic JSON/PNG pair is malformed or inconsistent."""
+
+
+class ExportError(PanopticDeployError):
+    """An ONNX export or simplification failed or does not reproduce the model within tolerance."""

@@ -1,0 +1,255 @@
+"""Benchmarks: the torch FP32 reference file, torch and ONNX Runtime benchmark results (schema-valid, exact
+accuracy bookkeeping), ground-truth PQ, and the building blocks (latency statistics, run-length maps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+
+import pipeline_artifacts as pa
+from panoptic_deploy.bench import (
+    BenchError,
+    LatencyStats,
+    combo_support,
+    read_bench,
+    read_reference,
+    rle_decode,
+    rle_encode,
+    run_bench,
+)
+from panoptic_deploy.compare import as_numpy_outputs
+from panoptic_deploy.engines.sidecar import read_sidecar, sidecar_path
+from panoptic_deploy.export import prepare_verify_inputs
+from panoptic_deploy.modeling import OUTPUT_NAMES
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory: pytest.TempPathFactory) -> pa.Artifacts:
+    return pa.benches(tmp_path_factory)
+
+
+def _schema() -> dict[str, Any]:
+    path = Path(__file__).resolve().parents[1] / "src" / "panoptic_deploy" / "schemas" / "bench.schema.json"
+    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return schema
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reference
+
+
+def test_reference_holds_torch_outputs_and_panoptic_results(art: pa.Artifacts) -> None:
+    from panoptic_deploy.bench import load_torch_model
+
+    assert art.reference is not None
+    ref = read_reference(art.reference)
+    assert ref.model == pa.MODEL and ref.input_shape == (1, 3, 64, 96)
+    assert [r.name for r in ref.images] == ["coffee", "rocket", "chelsea"]
+    assert [r.orig_size for r in ref.images] == [(80, 120), (85, 128), (90, 135)]
+    assert all(r.image_size == (64, 96) for r in ref.images)
+    # The stored outputs are exactly what the model computes on the prepared image.
+    model = load_torch_model(pa.CONFIG, art.weights, pa.OPTS)
+    (x,) = prepare_verify_inputs(pa.CONFIG, [art.images[1]], pa.INPUT_HW, pa.OPTS)
+    with torch.no_grad():
+        fresh = as_numpy_outputs(model(torch.from_numpy(x)))
+    for name in OUTPUT_NAMES:
+        np.testing.assert_array_equal(ref.images[1].outputs[name], fresh[name], err_msg=name)
+    pan = ref.images[1].panoptic
+    assert pan.panoptic_seg.shape == (85, 128) and pan.panoptic_seg.dtype == np.int32
+    ids = {int(s["id"]) for s in pan.segments}
+    assert set(np.unique(pan.panoptic_seg).tolist()) - {0} == ids
+
+
+def test_reference_refuses_an_image_of_another_size(art: pa.Artifacts, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from panoptic_deploy.bench import write_reference
+    from panoptic_deploy.errors import ImageError
+
+    tall = tmp_path / "tall.png"
+    Image.new("RGB", (80, 120)).save(tall)  # 96×64 after the resize
+    with pytest.raises(ImageError, match=r"tall\.png: pads to network input 96x64 .* exported for 64x96"):
+        write_reference(
+            pa.CONFIG, art.weights, [art.images[0], tall], tmp_path / "r.npz", pa.INPUT_HW, pa.OPTS
+        )
+    assert not (tmp_path / "r.npz").exists()
+
+
+def test_damaged_reference_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "ref.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(BenchError, match=r"ref\.npz: not a valid reference file"):
+        read_reference(bad)
+    with pytest.raises(BenchError, match=r"missing\.npz: reference file not found"):
+        read_reference(tmp_path / "missing.npz")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Benchmark results
+
+
+def test_torch_bench_is_schema_valid_and_exact_against_its_reference(art: pa.Artifacts) -> None:
+    assert art.bench_torch is not None
+    data = json.loads(art.bench_torch.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator(_schema()).validate(data)
+    result = read_bench(art.bench_torch)
+    assert result.to_json() == data  # lossless round trip
+    assert (result.model, result.backend, result.precision, result.device) == (
+        pa.MODEL,
+        "torch",
+        "fp32",
+        "cpu",
+    )
+    assert result.settings.iterations == 4 and result.settings.warmup == 1 and result.settings.threads == 2
+    assert result.latency.network.count == 4
+    for stats in (result.latency.network, result.latency.preprocess, result.latency.postprocess):
+        assert 0 < stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
+    assert result.latency.end_to_end.mean_ms == pytest.approx(
+        result.latency.network.mean_ms
+        + result.latency.preprocess.mean_ms
+        + result.latency.postprocess.mean_ms
+    )
+    assert result.throughput_ips == pytest.approx(1000.0 / result.latency.network.mean_ms)
+    # Same code, same machine, same threads as the reference: identical outputs and panoptic maps.
+    acc = result.accuracy
+    assert acc.max_abs_error == 0.0
+    assert all(e.mismatches == 0 for e in acc.tensors.values())
+    assert acc.panoptic.pixel_agreement == 1.0 and acc.panoptic.images == 3
+    assert acc.panoptic.n > 0 and acc.panoptic.pq == 1.0
+    ref = read_reference(art.reference)  # type: ignore[arg-type]
+    assert acc.reference_sha256 == ref.sha256
+    for mine, theirs in zip(result.panoptic, ref.images, strict=True):
+        np.testing.assert_array_equal(mine.panoptic_seg, theirs.panoptic.panoptic_seg)
+    assert result.engine is None and result.ground_truth is None
+    assert result.memory.peak_rss_mb >= result.memory.baseline_rss_mb > 0
+    assert result.environment.versions["torch"] == torch.__version__
+
+
+def test_onnxruntime_bench_records_engine_and_small_errors(art: pa.Artifacts) -> None:
+    assert art.bench_ort is not None and art.engine is not None
+    data = json.loads(art.bench_ort.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator(_schema()).validate(data)
+    result = read_bench(art.bench_ort)
+    sidecar = read_sidecar(sidecar_path(art.engine))
+    assert result.engine is not None
+    assert (result.engine.sha256, result.engine.bytes) == (sidecar.engine_sha256, sidecar.engine_bytes)
+    assert result.engine.source_onnx == f"{pa.MODEL}.sim.onnx"
+    acc = result.accuracy
+    max_abs = acc.max_abs_error
+    assert max_abs is not None and 0 < max_abs < 1e-3  # FP32 kernels differ from torch's in the last bits
+    assert acc.tensors["inst_valid"].mismatches == 0 and acc.tensors["stuff_present"].mismatches == 0
+    assert acc.instances_matched == acc.instances_reference > 0
+    assert acc.panoptic.pixel_agreement > 0.999
+    assert result.notes and "native FP32" in result.notes[0]
+
+
+def test_invalid_result_files_are_named(art: pa.Artifacts, tmp_path: Path) -> None:
+    assert art.bench_torch is not None
+    data = json.loads(art.bench_torch.read_text(encoding="utf-8"))
+    data["precision"] = "fp64"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(BenchError, match=r"bad\.json: invalid benchmark result: key 'precision'"):
+        read_bench(bad)
+    del data["latency"]
+    data["precision"] = "fp32"
+    bad.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(BenchError, match=r"bad\.json: invalid benchmark result: .*'latency' is a required"):
+        read_bench(bad)
+    bad.write_text("{", encoding="utf-8")
+    with pytest.raises(BenchError, match=r"bad\.json: not valid JSON"):
+        read_bench(bad)
+
+
+def test_images_must_be_the_reference_images(art: pa.Artifacts, tmp_path: Path) -> None:
+    assert art.reference is not None
+    with pytest.raises(BenchError, match=r"reference images \['coffee', 'rocket', 'chelsea'\] differ"):
+        run_bench(
+            "torch", "fp32", config=pa.CONFIG, opts=pa.OPTS, reference=art.reference,
+            images=art.images[:2], weights=art.weights, device="cpu",
+        )  # fmt: skip
+
+
+def test_combinations_that_cannot_run_are_refused_with_a_reason(art: pa.Artifacts) -> None:
+    assert combo_support("torch", "fp32", "cpu")[0]
+    ok, reason = combo_support("torch", "int8", "cpu")
+    assert not ok and "no INT8 path" in reason
+    ok, reason = combo_support("torch", "fp16", "cpu")
+    assert not ok and "FP16 CPU" in reason
+    ok, reason = combo_support("torch_compile", "fp32", "cpu")
+    assert not ok and "CUDA only" in reason
+    assert combo_support("onnxruntime", "fp16")[0]
+    from panoptic_deploy.engines.tensorrt import tensorrt_available
+
+    assert combo_support("tensorrt", "fp32") == tensorrt_available()
+    assert art.reference is not None
+    with pytest.raises(BenchError, match="cannot run this benchmark here: PyTorch has no INT8 path"):
+        run_bench("torch", "int8", config=pa.CONFIG, reference=art.reference, device="cpu")
+
+
+def test_ground_truth_pq(art: pa.Artifacts, tmp_path: Path) -> None:
+    """Ground truth = the torch reference's own panoptic maps: PQ 1; then one segment removed from the
+    ground truth (its pixels void): still PQ 1 on the others, its prediction ignored (> half on void)."""
+    from panoptic_deploy.categories import COCO_CATEGORIES
+    from panoptic_deploy.panoptic_format import (
+        PanopticAnnotation,
+        SegmentInfo,
+        segments_from_model_output,
+        write_panoptic_json,
+        write_panoptic_png,
+    )
+
+    assert art.reference is not None and art.bench_torch is not None
+    ref = read_reference(art.reference)
+    annotations = []
+    for k, r in enumerate(ref.images):
+        seg = r.panoptic.panoptic_seg.copy()
+        infos = list(segments_from_model_output(r.panoptic.segments))
+        if k == 0:
+            dropped = infos.pop()
+            seg[seg == dropped.id] = 0
+        infos = [SegmentInfo(s.id, s.category_id, False, int((seg == s.id).sum())) for s in infos]
+        write_panoptic_png(tmp_path / "gt" / f"{r.name}.png", seg)
+        annotations.append(PanopticAnnotation(k, f"{r.name}.png", tuple(infos)))
+    write_panoptic_json(tmp_path / "gt.json", annotations, COCO_CATEGORIES)
+    result = run_bench(
+        "torch", "fp32", config=pa.CONFIG, opts=pa.OPTS, reference=art.reference, weights=art.weights,
+        device="cpu", warmup=0, iterations=1, threads=2, gt_json=tmp_path / "gt.json", gt_dir=tmp_path / "gt",
+    )  # fmt: skip
+    gt = result.ground_truth
+    assert gt is not None and gt.num_images == 3
+    assert (gt.all.pq, gt.all.sq, gt.all.rq) == (1.0, 1.0, 1.0)
+    assert gt.all.n == gt.things.n + gt.stuff.n > 0
+    with pytest.raises(BenchError, match="needs both gt_json and gt_dir"):
+        run_bench("torch", "fp32", config=pa.CONFIG, reference=art.reference, gt_json=tmp_path / "gt.json")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def test_latency_statistics_by_hand() -> None:
+    stats = LatencyStats.from_samples([4.0, 1.0, 3.0, 2.0])
+    assert (stats.mean_ms, stats.p50_ms, stats.min_ms, stats.max_ms, stats.count) == (2.5, 2.5, 1.0, 4.0, 4)
+    # linear interpolation: position 0.9 * 3 = 2.7 -> 3 + 0.7; 0.99 * 3 = 2.97 -> 3.97
+    assert stats.p90_ms == pytest.approx(3.7) and stats.p99_ms == pytest.approx(3.97)
+    with pytest.raises(BenchError):
+        LatencyStats.from_samples([])
+
+
+def test_run_length_round_trip() -> None:
+    rng = np.random.default_rng(3)
+    seg = np.repeat(rng.integers(0, 5, (6, 4)), 3, axis=1).astype(np.int32)  # runs of three
+    code = rle_encode(seg)
+    pairs = np.asarray(code.split(), np.int64).reshape(-1, 2)
+    assert pairs[:, 1].sum() == seg.size and (pairs[:, 1] >= 1).all()
+    np.testing.assert_array_equal(rle_decode(code, 6, 12), seg)
+    assert rle_encode(np.array([[7, 7, 0], [0, 0, 7]])) == "7 2 0 3 7 1"
+    with pytest.raises(BenchError, match="covers 6 pixels"):
+        rle_decode("7 2 0 3 7 1", 2, 4)

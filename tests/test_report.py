@@ -1,0 +1,121 @@
+"""The Markdown report: every benchmark row with its numbers, one line per skipped combination, the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import pipeline_artifacts as pa
+from panoptic_deploy.bench import BenchError, read_bench
+from panoptic_deploy.report import SkippedCombo, skipped_from_json, write_report
+
+SKIPPED = [
+    {
+        "backend": "tensorrt",
+        "precision": "all",
+        "reason": "TensorRT is not installed (No module named 'tensorrt')",
+    },
+    {"backend": "torch", "precision": "int8", "reason": "PyTorch has no INT8 path for this model"},
+]
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory: pytest.TempPathFactory) -> pa.Artifacts:
+    return pa.benches(tmp_path_factory)
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    """First table's rows of the report, by row label."""
+    rows: dict[str, list[str]] = {}
+    for line in text.split("## Results", 1)[1].split("## Not run", 1)[0].splitlines():
+        if line.startswith("| ") and not line.startswith("| row"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_report_has_every_row_every_skip_and_the_plots(art: pa.Artifacts, tmp_path: Path) -> None:
+    assert art.bench_torch is not None and art.bench_ort is not None
+    out = tmp_path / "results" / "report.md"
+    summary = write_report(
+        [art.bench_ort, art.bench_torch], out, skipped=[*SKIPPED, SKIPPED[0]], example_image="rocket.png"
+    )
+    text = out.read_text(encoding="utf-8")
+    torch_row, ort_row = read_bench(art.bench_torch), read_bench(art.bench_ort)
+
+    rows = _table_rows(text)
+    assert list(rows) == ["torch fp32", "onnxruntime fp32"]  # baseline first, whatever the input order
+    assert rows["torch fp32"][2] == f"{torch_row.latency.network.p50_ms:.1f}"
+    assert rows["torch fp32"][7] == "1.00x"
+    assert rows["onnxruntime fp32"][2] == f"{ort_row.latency.network.p50_ms:.1f}"
+    assert rows["onnxruntime fp32"][3] == f"{ort_row.latency.network.p90_ms:.1f}"
+    assert rows["onnxruntime fp32"][4] == f"{ort_row.latency.network.p99_ms:.1f}"
+    speedup = torch_row.latency.network.p50_ms / ort_row.latency.network.p50_ms
+    assert rows["onnxruntime fp32"][7] == f"{speedup:.2f}x"
+    assert rows["onnxruntime fp32"][8] == f"{100 * ort_row.accuracy.panoptic.pq:.2f}"
+    assert ort_row.engine is not None
+    assert rows["onnxruntime fp32"][13] == f"{ort_row.engine.bytes / 1e6:.1f}"
+    assert rows["torch fp32"][13] == "–"
+
+    # One plain line per skipped combination (the duplicate is dropped).
+    not_run = text.split("## Not run on this machine", 1)[1].split("##", 1)[0]
+    lines = [line for line in not_run.splitlines() if line.startswith("- ")]
+    assert lines == [
+        "- tensorrt (all precisions): TensorRT is not installed (No module named 'tensorrt')",
+        "- torch int8: PyTorch has no INT8 path for this model",
+    ]
+    # Environment and versions.
+    assert f"- CPU: {torch_row.environment.cpu_name}" in text
+    assert f"onnxruntime {torch_row.environment.versions['onnxruntime']}" in text
+    trt = torch_row.environment.versions["tensorrt"]
+    assert ("tensorrt: not installed" if trt is None else f"tensorrt {trt}") in text
+
+    # Plots: real PNGs, linked relative to the report.
+    plots = out.parent / "report"
+    names = sorted(p.name for p in plots.iterdir())
+    assert names == ["accuracy_vs_speed.png", "latency.png", f"panoptic_{pa.MODEL}.png"]
+    assert sorted(Path(p).name for p in summary.plots) == names
+    for name in names:
+        with Image.open(plots / name) as image:
+            assert image.format == "PNG" and image.width > 200 and image.height > 100
+        assert f"](report/{name})" in text
+    assert f"{pa.MODEL}, image `rocket`" in text
+    assert (summary.rows, summary.skipped) == (2, 3)
+    assert not [p for p in out.parent.rglob("*") if ".tmp" in p.name]
+
+
+def test_report_without_baseline_or_skips(art: pa.Artifacts, tmp_path: Path) -> None:
+    assert art.bench_ort is not None
+    out = tmp_path / "r.md"
+    write_report([art.bench_ort], out, plots_dir=tmp_path / "plots")
+    text = out.read_text(encoding="utf-8")
+    assert "No torch FP32 row for this model, so no speedup column." in text
+    assert "Every requested combination ran." in text
+    assert (tmp_path / "plots" / "latency.png").is_file()
+
+
+def test_invalid_input_writes_nothing(art: pa.Artifacts, tmp_path: Path) -> None:
+    assert art.bench_torch is not None
+    data = json.loads(art.bench_torch.read_text(encoding="utf-8"))
+    data["latency"]["network"]["p50_ms"] = -1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(
+        BenchError, match=r"bad\.json: invalid benchmark result: key 'latency/network/p50_ms'"
+    ):
+        write_report([art.bench_torch, bad], tmp_path / "report.md")
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "report").exists()
+    with pytest.raises(BenchError, match="no benchmark results"):
+        write_report([], tmp_path / "report.md")
+
+
+def test_skipped_entries_are_checked() -> None:
+    assert skipped_from_json([{"backend": "tensorrt", "precision": "fp16", "reason": "r"}]) == [
+        SkippedCombo("tensorrt", "fp16", "r")
+    ]
+    assert SkippedCombo("onnxruntime", "fp16", "slow").line() == "onnxruntime fp16: slow"
+    with pytest.raises(BenchError, match=r"skipped\[1\]: needs keys backend, precision, reason"):
+        skipped_from_json([{"backend": "a", "precision": "b", "reason": "c"}, {"backend": "x"}])
