@@ -688,7 +688,8 @@ def bench_schema_problem(data: object) -> str | None:
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-    return f"key '{where}': {error.message}"
+    message = error.message if len(error.message) <= 200 else error.message[:200] + " ..."
+    return f"key '{where}': {message}"
 
 
 def write_bench(result: BenchResult, path: PathLike) -> None:

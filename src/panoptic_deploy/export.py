@@ -170,7 +170,8 @@ class ExportReport:
     output: str
     exporter: str  # "dynamo" | "legacy"
     fallback_reason: str | None  # why the dynamo exporter was not used (exporter "auto" only)
-    opset: int
+    opset: int  # as written in the file
+    opset_requested: int
     deform_conv: str
     input_shape: tuple[int, int, int, int]
     nodes: int
@@ -192,6 +193,10 @@ class ExportReport:
             f"wrote {self.output}: {self.exporter} exporter, opset {self.opset}, {self.nodes} nodes, "
             f"{self.file_bytes / 1e6:.1f} MB, input {list(self.input_shape)}, {self.export_seconds:.1f} s",
         ]
+        if self.opset != self.opset_requested:
+            lines.append(
+                f"  opset {self.opset_requested} was asked for; the exporter kept opset {self.opset}"
+            )
         if self.fallback_reason:
             lines.append(f"  dynamo exporter failed: {self.fallback_reason}")
         lines.append(
@@ -416,6 +421,15 @@ def export_onnx(
         onnx_model = onnx.load(str(tmp))
         _check_io(onnx_model, input_shape, str(output))
         nodes = len(onnx_model.graph.node)
+        # The dynamo exporter writes opset 18 and converts down on request; when that conversion fails it
+        # keeps opset 18 and only logs it, so the file's own opset is what gets reported.
+        written_opset = next(
+            (int(o.version) for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), opset
+        )
+        if written_opset != opset:
+            _LOG.warning(
+                "%s: opset %d was asked for, the exporter wrote opset %d", output, opset, written_opset
+            )
         del onnx_model
         try:
             session = make_ort_session(tmp, threads)
@@ -438,7 +452,8 @@ def export_onnx(
         output=str(output),
         exporter=used,
         fallback_reason=fallback_reason,
-        opset=opset,
+        opset=written_opset,
+        opset_requested=opset,
         deform_conv=deform_conv,
         input_shape=input_shape,
         nodes=nodes,
