@@ -181,8 +181,8 @@ def write_synthetic_checkpoint(
     The file is a detectron2-style ``{"model": {key: float32 tensor}}`` written atomically.
     """
     # Lazy: the config and model modules are heavy and not needed for the recipe itself.
-    from panoptic_deploy.config import load_config  # noqa: PLC0415
-    from panoptic_deploy.modeling import build_model  # noqa: PLC0415
+    from panoptic_deploy.config import load_config
+    from panoptic_deploy.modeling import build_model
 
     cfg = load_config(config, opts)
     model = build_model(cfg)
