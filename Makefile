@@ -1,0 +1,38 @@
+# panoptic-deploy: make report (the demo pipeline), make dryrun, make venv, make test.
+#
+# The venv is created on first use. torch is installed FIRST and pinned, so that nothing later pulls another
+# (multi-GB CUDA) build: on a GPU machine with its own CUDA torch, set TORCH_SPEC to match it.
+
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 1
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(VENV)/bin/python -m pip
+SNAKEMAKE := $(VENV)/bin/python -m snakemake
+
+.PHONY: venv report dryrun test clean-results
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[pipeline,test]"
+	# ModelOpt without its dependency resolution (it would replace torch); its runtime needs are in [pipeline].
+	$(PIP) install --no-deps "nvidia-modelopt==0.47.0"
+	touch $@
+
+report: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(SNAKEMAKE) --cores $(CORES) results/report.md
+
+dryrun: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(SNAKEMAKE) --dry-run --cores $(CORES) results/report.md
+
+test: venv
+	$(VENV)/bin/python -m ruff check .
+	$(VENV)/bin/python -m mypy
+	$(VENV)/bin/python -m pytest
+
+clean-results:
+	rm -rf results .snakemake

@@ -1,0 +1,464 @@
+"""The Snakemake workflow, run for real with ``python -m snakemake`` on copies of the repository in tmp dirs.
+
+One module-scoped run builds everything on a tiny config (input 64×96, 2 evaluation and 2 calibration images,
+1 timed iteration); the rerun tests dry-run clones of that finished run (results/ hardlinked, metadata copied)
+and compare the exact set of outputs Snakemake would rebuild. Bad configs run the workflow for real and must
+stop at start, naming the key or file, with nothing written under results/.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytest.importorskip("snakemake")
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "demo" / "images"
+TINY_EVAL = ("chelsea.png", "coffee.png")  # both pad to 64×96 at test resize 64/96: one branch
+TINY_CALIBRATION = ("retina.jpg", "grace_hopper.jpg")
+TINY_MODEL = "tiny_64x96"
+TINY_CONFIG: dict[str, Any] = {
+    "model": {"name": "tiny", "opts": ["INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 96]},
+    "evaluation": {"images": "images/eval"},
+    "calibration": {"images": "images/calibration", "method": "minmax"},
+    "backends": ["onnxruntime"],
+    "bench": {"warmup": 0, "iterations": 1, "threads": 1},
+}
+RUN_TIMEOUT_S = 1800
+PARSE_TIMEOUT_S = 300
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _write_config(workdir: Path, cfg: dict[str, Any]) -> None:
+    (workdir / "config").mkdir(parents=True, exist_ok=True)
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+
+
+def make_workdir(
+    dest: Path,
+    cfg: dict[str, Any] | None = None,
+    eval_images: tuple[str, ...] = TINY_EVAL,
+    calibration_images: tuple[str, ...] = TINY_CALIBRATION,
+) -> Path:
+    """A runnable copy of the workflow in ``dest``: Snakefile, workflow/, configs/, envs/, images, config."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
+    shutil.copytree(REPO / "workflow", dest / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "configs", dest / "configs")
+    shutil.copytree(REPO / "envs", dest / "envs")
+    for folder, names, source in (
+        ("eval", eval_images, DEMO / "eval"),
+        ("calibration", calibration_images, DEMO / "calibration"),
+    ):
+        (dest / "images" / folder).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy2(source / name, dest / "images" / folder / name)
+    _write_config(dest, TINY_CONFIG if cfg is None else cfg)
+    return dest
+
+
+def clone_run(src: Path, dest: Path) -> Path:
+    """A copy of a finished run whose dry-runs behave like the original's: inputs and metadata copied with
+    their mtimes, results/ hardlinked (a rerun replaces files, it never writes into the shared inodes)."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    dest.mkdir(parents=True)
+    shutil.copy2(src / "Snakefile", dest / "Snakefile")
+    for name in ("workflow", "configs", "envs", "config", "images", ".snakemake"):
+        shutil.copytree(src / name, dest / name, ignore=ignore)
+    shutil.copytree(src / "results", dest / "results", copy_function=os.link)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = PARSE_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m snakemake ARGS`` in ``workdir`` with this interpreter first on PATH (jobs use it)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+_RULE = re.compile(r"^(?:local)?rule (\w+):$")
+
+
+def scheduled(dry_run_output: str) -> dict[str, list[str]]:
+    """{rule: [output paths of each scheduled job]} from the job listing of ``snakemake --dry-run``."""
+    jobs: dict[str, list[str]] = {}
+    rule = None
+    for line in dry_run_output.splitlines():
+        match = _RULE.match(line)
+        if match:
+            rule = match.group(1)
+            jobs.setdefault(rule, [])
+        elif rule is not None and line.startswith("    output: "):
+            jobs[rule].extend(line.removeprefix("    output: ").split(", "))
+            rule = None
+    return jobs
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """{rule: number of jobs} from the "Job stats" table of a dry-run."""
+    counts: dict[str, int] = {}
+    lines = dry_run_output.splitlines()
+    start = lines.index("Job stats:") + 3
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def dry_run_outputs(workdir: Path) -> set[str]:
+    """Outputs a dry-run of results/report.md would (re)build; empty when nothing is to be done."""
+    proc = snakemake(workdir, "--dry-run", "--cores", "1", "results/report.md")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {path for paths in scheduled(proc.stdout).values() for path in paths}
+
+
+def _combined(proc: subprocess.CompletedProcess[str]) -> str:
+    return proc.stdout + proc.stderr
+
+
+def tiny_outputs(ort_key: str) -> dict[str, set[str]]:
+    """The artifacts of the tiny run, grouped by what must rebuild them."""
+    engines = f"results/engines/onnxruntime/{ort_key}"
+    m = TINY_MODEL
+    report = {
+        "results/report.md",
+        "results/report/latency.png",
+        "results/report/accuracy_vs_speed.png",
+        f"results/report/panoptic_{m}.png",
+    }
+    int8 = {
+        f"results/calibration/{m}.int8.cache",
+        f"results/onnx/{m}.int8.onnx",
+        f"{engines}/{m}.int8.onnx",
+        f"{engines}/{m}.int8.onnx.json",
+        f"results/bench/onnxruntime/{m}.int8.json",
+    }
+    bench = {f"results/bench/torch/{m}.fp32.json"} | {
+        f"results/bench/onnxruntime/{m}.{p}.json" for p in ("fp32", "fp16", "int8")
+    }
+    other = {
+        "results/weights/tiny.pth",
+        f"results/onnx/{m}.onnx",
+        f"results/onnx/{m}.sim.onnx",
+        f"results/onnx/{m}.fp16.onnx",
+        f"results/reference/{m}.npz",
+        *(f"{engines}/{m}.{p}.onnx{suffix}" for p in ("fp32", "fp16") for suffix in ("", ".json")),
+    }
+    return {"report": report, "int8": int8, "bench": bench, "other": other}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The shared full run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The whole workflow on the tiny config, run once for this module."""
+    workdir = make_workdir(tmp_path_factory.mktemp("tiny_run"))
+    proc = snakemake(workdir, "--cores", "2", "results/report.md", timeout=RUN_TIMEOUT_S)
+    if proc.returncode != 0:
+        logs = "\n".join(
+            f"--- {log}\n{log.read_text(encoding='utf-8')[-3000:]}"
+            for log in sorted(workdir.glob("results/logs/**/*.log"))
+        )
+        pytest.fail(f"tiny workflow run failed:\n{_combined(proc)[-6000:]}\n{logs}")
+    yield workdir
+
+
+@pytest.fixture(scope="module")
+def ort_key(tiny_run: Path) -> str:
+    (folder,) = (tiny_run / "results" / "engines" / "onnxruntime").iterdir()
+    return folder.name
+
+
+def test_full_run_produces_every_artifact(tiny_run: Path, ort_key: str) -> None:
+    expected = set().union(*tiny_outputs(ort_key).values())
+    missing = sorted(p for p in expected if not (tiny_run / p).is_file())
+    assert not missing
+    # Every rule wrote its log and its benchmark (per-job wall time and memory) under results/.
+    assert (tiny_run / f"results/logs/export_onnx/{TINY_MODEL}.log").is_file()
+    assert (tiny_run / f"results/benchmarks/int8_onnx/{TINY_MODEL}.tsv").is_file()
+    # Nothing outside results/ (besides Snakemake's own .snakemake/).
+    created = {p.name for p in tiny_run.iterdir()} - {
+        "Snakefile",
+        "workflow",
+        "configs",
+        "envs",
+        "config",
+        "images",
+    }
+    assert created == {"results", ".snakemake"}
+
+
+def test_bench_files_validate_and_report_has_every_row(tiny_run: Path, ort_key: str) -> None:
+    import jsonschema
+
+    from panoptic_deploy.bench import bench_schema
+
+    schema = bench_schema()
+    rows = []
+    for path in sorted(tiny_outputs(ort_key)["bench"]):
+        data = json.loads((tiny_run / path).read_text(encoding="utf-8"))
+        jsonschema.validate(data, schema)
+        backend, precision = path.split("/")[2], path.rsplit(".", 2)[1]
+        assert (data["model"], data["backend"], data["precision"]) == (TINY_MODEL, backend, precision)
+        assert data["input_shape"] == [1, 3, 64, 96]
+        assert data["settings"]["iterations"] == 1
+        rows.append((backend, precision))
+    report = (tiny_run / "results/report.md").read_text(encoding="utf-8")
+    table = [line for line in report.splitlines() if line.startswith("|")]
+    for backend, precision in rows:
+        assert any(backend in line and precision.upper() in line.upper() for line in table), (
+            backend,
+            precision,
+        )
+    # The combinations that cannot run here are reported as such, one line each.
+    assert "## Not run on this machine" in report
+    assert re.search(r"^- torch (fp16|int8): ", report, re.MULTILINE)
+
+
+def test_calibration_cache_records_the_calibration_images(tiny_run: Path) -> None:
+    cache = (tiny_run / f"results/calibration/{TINY_MODEL}.int8.cache").read_text(encoding="utf-8")
+    assert "# method: minmax" in cache
+    assert f"# inputs: {len(TINY_CALIBRATION)}" in cache
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What a change reruns
+
+
+@pytest.fixture
+def clone(tiny_run: Path, tmp_path: Path) -> Path:
+    workdir = clone_run(tiny_run, tmp_path / "clone")
+    assert dry_run_outputs(workdir) == set(), "a clone of the finished run must be up to date"
+    return workdir
+
+
+def _int8_rerun(ort_key: str) -> set[str]:
+    groups = tiny_outputs(ort_key)
+    return groups["int8"] | groups["report"]
+
+
+def test_adding_a_calibration_image_reruns_only_the_int8_branch(clone: Path, ort_key: str) -> None:
+    shutil.copy2(DEMO / "calibration" / "hubble_deep_field_left.jpg", clone / "images/calibration/extra.jpg")
+    assert dry_run_outputs(clone) == _int8_rerun(ort_key)
+
+
+def test_removing_a_calibration_image_reruns_only_the_int8_branch(clone: Path, ort_key: str) -> None:
+    (clone / "images/calibration" / TINY_CALIBRATION[1]).unlink()
+    assert dry_run_outputs(clone) == _int8_rerun(ort_key)
+
+
+def test_editing_a_calibration_image_reruns_only_the_int8_branch(clone: Path, ort_key: str) -> None:
+    from PIL import Image, ImageOps
+
+    path = clone / "images/calibration" / TINY_CALIBRATION[0]
+    with Image.open(path) as image:
+        edited = ImageOps.mirror(image.convert("RGB"))
+    path.unlink()  # the clone's copy is its own file; write a new one rather than through a link
+    edited.save(path, quality=90)
+    assert dry_run_outputs(clone) == _int8_rerun(ort_key)
+
+
+def test_changing_a_bench_setting_reruns_only_benchmarks_and_report(clone: Path, ort_key: str) -> None:
+    cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
+    cfg["bench"]["iterations"] = 2
+    _write_config(clone, cfg)
+    groups = tiny_outputs(ort_key)
+    assert dry_run_outputs(clone) == groups["bench"] | groups["report"]
+
+
+def test_interrupted_run_resumes_through_incomplete_file_handling(clone: Path, ort_key: str) -> None:
+    cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
+    cfg["bench"]["iterations"] = 2  # the benchmarks (and the report) must run again
+    _write_config(clone, cfg)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    incomplete = clone / ".snakemake" / "incomplete"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "results/report.md"],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    killed: str | None = None
+    try:
+        deadline = time.monotonic() + PARSE_TIMEOUT_S
+        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            for marker in incomplete.glob("*") if incomplete.is_dir() else []:
+                path = base64.urlsafe_b64decode(marker.name).decode()
+                if path.startswith("results/bench/"):
+                    # Kill Snakemake and the running job together, as a crash or Ctrl-\ would.
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed = path
+                    break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed is not None, "no benchmark job started"
+    # The package writes atomically, so the killed job left no file; a tool that writes in place would leave
+    # a truncated one. Either way Snakemake kept the job's incomplete marker and refuses to trust the file.
+    (clone / killed).write_text("{", encoding="utf-8")
+    proc2 = snakemake(clone, "--dry-run", "--cores", "1", "results/report.md")
+    assert proc2.returncode != 0
+    assert "IncompleteFilesException" in _combined(proc2)
+    assert killed in _combined(proc2)
+    # The killed Snakemake also left its lock on the directory: release it, then resume.
+    assert snakemake(clone, "--unlock").returncode == 0
+    proc3 = snakemake(clone, "--cores", "1", "--rerun-incomplete", "results/report.md", timeout=RUN_TIMEOUT_S)
+    assert proc3.returncode == 0, _combined(proc3)[-4000:]
+    data = json.loads((clone / killed).read_text(encoding="utf-8"))
+    assert data["settings"]["iterations"] == 2
+    assert not any(incomplete.iterdir())
+    assert dry_run_outputs(clone) == set()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Dry-run of the demo config
+
+
+def test_demo_dry_run_lists_the_expected_jobs(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    shutil.copy2(REPO / "Snakefile", workdir / "Snakefile")
+    for name in ("workflow", "configs", "envs", "config", "demo"):
+        shutil.copytree(REPO / name, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = yaml.safe_load((workdir / "config/config.yaml").read_text(encoding="utf-8"))
+    cfg["backends"] = ["onnxruntime"]  # the same DAG on a GPU machine
+    _write_config(workdir, cfg)
+    proc = snakemake(workdir, "--dry-run", "--cores", "1", "results/report.md")
+    assert proc.returncode == 0, _combined(proc)
+    # The 4 demo photos pad to two input sizes (astronaut 416×416, the others 416×608): two branches, each
+    # with its ONNX models, 3 engines, a reference and 4 benchmarks; one set of weights, one report.
+    assert job_counts(proc.stdout) == {
+        "synthetic_weights": 1,
+        "export_onnx": 2,
+        "simplify_onnx": 2,
+        "fp16_onnx": 2,
+        "calibration_cache": 2,
+        "int8_onnx": 2,
+        "engine_onnxruntime": 6,
+        "reference_outputs": 2,
+        "bench_torch": 2,
+        "bench_engine": 6,
+        "report": 1,
+    }
+    outputs = {p for paths in scheduled(proc.stdout).values() for p in paths}
+    assert {"results/onnx/demo_416x416.onnx", "results/onnx/demo_416x608.int8.onnx"} <= outputs
+    assert not (workdir / "results").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bad configs stop at start
+
+
+def _tensorrt_runs() -> bool:
+    from panoptic_deploy.engines.tensorrt import tensorrt_available
+
+    return tensorrt_available()[0]
+
+
+def _unknown_key(cfg: dict[str, Any], workdir: Path) -> None:
+    cfg["model"]["bogus"] = 1
+
+
+def _wrong_type(cfg: dict[str, Any], workdir: Path) -> None:
+    cfg["bench"]["iterations"] = "ten"
+
+
+def _missing_checkpoint(cfg: dict[str, Any], workdir: Path) -> None:
+    cfg["model"]["checkpoint"] = "weights/model_final.pth"
+
+
+def _missing_image_folder(cfg: dict[str, Any], workdir: Path) -> None:
+    cfg["evaluation"]["images"] = "images/no_such_folder"
+
+
+def _empty_calibration_folder(cfg: dict[str, Any], workdir: Path) -> None:
+    for path in (workdir / "images/calibration").iterdir():
+        path.unlink()
+
+
+def _non_image_calibration_file(cfg: dict[str, Any], workdir: Path) -> None:
+    (workdir / "images/calibration/notes.txt").write_text("where these photos come from\n", encoding="utf-8")
+
+
+def _unknown_precision(cfg: dict[str, Any], workdir: Path) -> None:
+    cfg["precisions"] = ["fp32", "int4"]
+
+
+def _eval_image_of_another_size(cfg: dict[str, Any], workdir: Path) -> None:
+    cfg["model"]["input_sizes"] = [[64, 96]]
+    shutil.copy2(DEMO / "eval" / "astronaut.png", workdir / "images/eval/astronaut.png")  # pads to 64×64
+
+
+def _tensorrt_where_it_cannot_run(cfg: dict[str, Any], workdir: Path) -> None:
+    if _tensorrt_runs():
+        pytest.skip("TensorRT runs on this machine")
+    cfg["backends"] = ["onnxruntime", "tensorrt"]
+
+
+@pytest.mark.parametrize(
+    ("break_config", "expected"),
+    [
+        (_unknown_key, ["unknown config key", "model.bogus"]),
+        (_wrong_type, ["bench.iterations", "'ten' is not of type 'integer'"]),
+        (_missing_checkpoint, ["model.checkpoint", "weights/model_final.pth", "does not exist"]),
+        (_missing_image_folder, ["evaluation.images", "images/no_such_folder", "does not exist"]),
+        (_empty_calibration_folder, ["calibration.images", "images/calibration", "contains no image"]),
+        (
+            _non_image_calibration_file,
+            ["calibration.images", "images/calibration/notes.txt", "not a readable image"],
+        ),
+        (_unknown_precision, ["precisions.1", "'int4'"]),
+        (_eval_image_of_another_size, ["model.input_sizes", "images/eval/astronaut.png", "[64, 64]"]),
+        (_tensorrt_where_it_cannot_run, ["backends", "tensorrt was asked for but cannot run here"]),
+    ],
+    ids=lambda value: value.__name__.strip("_") if callable(value) else "",
+)
+def test_bad_config_fails_at_start_and_writes_nothing(
+    tmp_path: Path, break_config: Any, expected: list[str]
+) -> None:
+    workdir = make_workdir(tmp_path / "bad")
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    break_config(cfg, workdir)
+    _write_config(workdir, cfg)
+    proc = snakemake(workdir, "--cores", "1", "results/report.md")
+    output = _combined(proc)
+    assert proc.returncode != 0
+    assert "ConfigError" in output
+    for text in expected:
+        assert text in output, f"{text!r} not in:\n{output[-2000:]}"
+    assert not (workdir / "results").exists()
+    assert "Building DAG of jobs" not in output  # stopped while reading the config, before planning any job

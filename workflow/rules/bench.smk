@@ -1,0 +1,60 @@
+# Stage bench: latency, throughput, memory and accuracy against the torch FP32 reference, per backend ×
+# precision × model branch. A benchmark asks for bench.threads cores so that, with --cores <= bench.threads,
+# nothing else runs beside it; GPU benchmarks also hold the gpu resource (run with --resources gpu=1).
+
+
+rule bench_torch:
+    input:
+        unpack(torch_bench_inputs),
+    output:
+        "results/bench/{backend}/{model}.{precision}.json",
+    params:
+        config=config["model"]["config"],
+        opts=model_opts(),
+        warmup=config["bench"]["warmup"],
+        iterations=config["bench"]["iterations"],
+        threads=config["bench"]["threads"],
+        version=PACKAGE_VERSION,
+    wildcard_constraints:
+        backend=TORCH_BACKEND_PATTERN,
+    threads: config["bench"]["threads"]
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/bench_torch/{backend}/{model}.{precision}.log",
+    benchmark:
+        "results/benchmarks/bench_torch/{backend}/{model}.{precision}.tsv"
+    resources:
+        gpu=bench_gpus,
+        mem_mb=4000,
+    script:
+        "../scripts/bench.py"
+
+
+rule bench_engine:
+    input:
+        unpack(bench_engine_inputs),
+    output:
+        "results/bench/{backend}/{model}.{precision}.json",
+    params:
+        config=config["model"]["config"],
+        opts=model_opts(),
+        warmup=config["bench"]["warmup"],
+        iterations=config["bench"]["iterations"],
+        threads=config["bench"]["threads"],
+        cuda_graph=config["tensorrt"]["cuda_graph"],
+        version=PACKAGE_VERSION,
+    wildcard_constraints:
+        backend=ENGINE_BACKEND_PATTERN,
+    threads: config["bench"]["threads"]
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/bench_engine/{backend}/{model}.{precision}.log",
+    benchmark:
+        "results/benchmarks/bench_engine/{backend}/{model}.{precision}.tsv"
+    resources:
+        gpu=bench_gpus,
+        mem_mb=4000,
+    script:
+        "../scripts/bench.py"

@@ -1,0 +1,53 @@
+# Stage export: the network part at the branch's static input size to ONNX, checked against PyTorch on a real
+# evaluation image, then simplified (onnxslim) and checked against the export on the branch's evaluation images.
+
+
+rule export_onnx:
+    input:
+        weights=WEIGHTS,
+        image=first_eval_image,
+    output:
+        "results/onnx/{model}.onnx",
+    params:
+        config=config["model"]["config"],
+        opts=model_opts(),
+        input_hw=input_hw,
+        opset=config["export"]["opset"],
+        exporter=config["export"]["exporter"],
+        atol=config["export"]["atol"],
+        rtol=config["export"]["rtol"],
+        version=PACKAGE_VERSION,
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/export_onnx/{model}.log",
+    benchmark:
+        "results/benchmarks/export_onnx/{model}.tsv"
+    resources:
+        mem_mb=6000,
+    script:
+        "../scripts/export_onnx.py"
+
+
+rule simplify_onnx:
+    input:
+        onnx="results/onnx/{model}.onnx",
+        images=eval_images,
+    output:
+        "results/onnx/{model}.sim.onnx",
+    params:
+        config=config["model"]["config"],
+        opts=model_opts(),
+        input_hw=input_hw,
+        atol=config["export"]["simplify_atol"],
+        version=PACKAGE_VERSION,
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/simplify_onnx/{model}.log",
+    benchmark:
+        "results/benchmarks/simplify_onnx/{model}.tsv"
+    resources:
+        mem_mb=3000,
+    script:
+        "../scripts/simplify_onnx.py"

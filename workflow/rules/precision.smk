@@ -1,0 +1,76 @@
+# Stage precision: FP16 mixed precision, the INT8 calibration cache (the tracked artifact: it depends on the
+# calibration images and calibration settings only) and the explicit Q/DQ INT8 model made from that cache.
+# FP16 takes its value ranges from an evaluation image, never from the calibration images, so that changing
+# the calibration set rebuilds the INT8 branch only.
+
+
+rule fp16_onnx:
+    input:
+        onnx="results/onnx/{model}.sim.onnx",
+        image=first_eval_image,
+    output:
+        "results/onnx/{model}.fp16.onnx",
+    params:
+        config=config["model"]["config"],
+        opts=model_opts(),
+        input_hw=input_hw,
+        data_max=config["fp16"]["data_max"],
+        keep_fp32_op_types=config["fp16"]["keep_fp32_op_types"],
+        version=PACKAGE_VERSION,
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/fp16_onnx/{model}.log",
+    benchmark:
+        "results/benchmarks/fp16_onnx/{model}.tsv"
+    resources:
+        mem_mb=3000,
+    script:
+        "../scripts/fp16_onnx.py"
+
+
+rule calibration_cache:
+    input:
+        onnx="results/onnx/{model}.sim.onnx",
+        images=CALIBRATION_IMAGES,
+    output:
+        "results/calibration/{model}.int8.cache",
+    params:
+        config=config["model"]["config"],
+        opts=model_opts(),
+        input_hw=input_hw,
+        method=config["calibration"]["method"],
+        percentile=config["calibration"]["percentile"],
+        num_bins=config["calibration"]["num_bins"],
+        version=PACKAGE_VERSION,
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/calibration_cache/{model}.log",
+    benchmark:
+        "results/benchmarks/calibration_cache/{model}.tsv"
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/calibration_cache.py"
+
+
+rule int8_onnx:
+    input:
+        onnx="results/onnx/{model}.sim.onnx",
+        cache="results/calibration/{model}.int8.cache",
+    output:
+        "results/onnx/{model}.int8.onnx",
+    params:
+        high_precision=INT8_HIGH_PRECISION,
+        version=PACKAGE_VERSION,
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/int8_onnx/{model}.log",
+    benchmark:
+        "results/benchmarks/int8_onnx/{model}.tsv"
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/int8_onnx.py"

@@ -1,0 +1,25 @@
+# Stage reference: torch FP32 (CPU) outputs and panoptic results on the evaluation images of each branch, the
+# accuracy reference of every benchmark.
+
+
+rule reference_outputs:
+    input:
+        weights=WEIGHTS,
+        images=eval_images,
+    output:
+        "results/reference/{model}.npz",
+    params:
+        config=config["model"]["config"],
+        opts=model_opts(),
+        input_hw=input_hw,
+        version=PACKAGE_VERSION,
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/reference_outputs/{model}.log",
+    benchmark:
+        "results/benchmarks/reference_outputs/{model}.tsv"
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/reference_outputs.py"

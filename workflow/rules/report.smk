@@ -1,0 +1,25 @@
+# Stage report: results/report.md with the environment, one table row per model branch × backend × precision,
+# plots under results/report/, each branch's example image per row, and one plain line for every combination
+# that could not run on this machine and why (config 'backends' and bench.combo_support).
+
+
+rule report:
+    input:
+        bench_files(),
+    output:
+        report="results/report.md",
+        latency="results/report/latency.png",
+        accuracy_vs_speed="results/report/accuracy_vs_speed.png",
+        panoptic=expand("results/report/panoptic_{model}.png", model=MODELS),
+    params:
+        example_image=example_image(),
+        skipped=SKIPPED,
+        version=PACKAGE_VERSION,
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/report/report.log",
+    benchmark:
+        "results/benchmarks/report/report.tsv"
+    script:
+        "../scripts/report.py"

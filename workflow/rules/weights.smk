@@ -1,0 +1,20 @@
+# Stage weights: deterministic synthetic weights for the demo. A user's own checkpoint (config
+# model.checkpoint) is used as it is and this rule does not run.
+
+
+rule synthetic_weights:
+    output:
+        "results/weights/{name}.pth",
+    params:
+        config=config["model"]["config"],
+        opts=model_opts(),
+        seed=config["model"]["synthetic_seed"],
+        version=PACKAGE_VERSION,
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/synthetic_weights/{name}.log",
+    benchmark:
+        "results/benchmarks/synthetic_weights/{name}.tsv"
+    script:
+        "../scripts/synthetic_weights.py"

@@ -1,0 +1,39 @@
+"""Rules bench_torch and bench_engine: latency, memory and accuracy of one backend × precision × model."""
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakemake.iocontainers import snakemake
+
+# First: everything this job prints, warns or raises goes to its log file.
+sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding="utf-8")  # noqa: SIM115
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+from panoptic_deploy.bench import run_bench  # noqa: E402
+
+result = run_bench(
+    snakemake.wildcards.backend,
+    snakemake.wildcards.precision,
+    config=snakemake.params.config,
+    reference=snakemake.input.reference,
+    output=snakemake.output[0],
+    images=snakemake.input.images,
+    weights=snakemake.input.get("weights"),
+    engine=snakemake.input.get("engine"),
+    sidecar=snakemake.input.get("sidecar"),
+    opts=snakemake.params.opts,
+    model=snakemake.wildcards.model,
+    warmup=snakemake.params.warmup,
+    iterations=snakemake.params.iterations,
+    threads=snakemake.params.threads,
+    gt_json=snakemake.input.get("gt_json"),
+    gt_dir=snakemake.input.get("gt_dir"),
+    cuda_graph=snakemake.params.get("cuda_graph", False),
+)
+print(
+    f"wrote {snakemake.output[0]}: network p50 {result.latency.network.p50_ms:.1f} ms, "
+    f"PQ vs torch FP32 {100 * result.accuracy.panoptic.pq:.2f}"
+)

@@ -1,0 +1,29 @@
+"""Rule fp16_onnx: mixed FP16 model (FP32 I/O); value ranges from the branch's first evaluation image."""
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakemake.iocontainers import snakemake
+
+# First: everything this job prints, warns or raises goes to its log file.
+sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding="utf-8")  # noqa: SIM115
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+from panoptic_deploy.export import prepare_verify_inputs  # noqa: E402
+from panoptic_deploy.modeling import INPUT_NAME  # noqa: E402
+from panoptic_deploy.precision import convert_fp16  # noqa: E402
+
+(image,) = prepare_verify_inputs(
+    snakemake.params.config, [snakemake.input.image], snakemake.params.input_hw, opts=snakemake.params.opts
+)
+report = convert_fp16(
+    snakemake.input.onnx,
+    snakemake.output[0],
+    {INPUT_NAME: image},
+    data_max=snakemake.params.data_max,
+    keep_fp32_op_types=snakemake.params.keep_fp32_op_types,
+)
+print(report)
