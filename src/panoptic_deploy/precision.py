@@ -97,7 +97,7 @@ class ConversionReport:
     nodes_out: int
     casts_added: int
     qdq_pairs: int  # QuantizeLinear nodes (each feeds a DequantizeLinear)
-    nodes_kept_fp32: tuple[str, ...]  # compute nodes whose float inputs/outputs all stayed FP32
+    nodes_kept_fp32: tuple[str, ...]  # compute nodes whose float I/O all stayed FP32 (empty for fp32 twin)
     opset_out: int
     seconds: float
     peak_rss_mb: float  # high-water mark of this process so far (ru_maxrss), not of this step alone
@@ -266,7 +266,7 @@ def make_ort_session(
         options.inter_op_num_threads = 1
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 # ----------------------------------------------------------------------------------------------------------
