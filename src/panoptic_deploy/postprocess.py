@@ -139,38 +139,55 @@ def merge_panoptic(
     masks N×H×W bool (score-sorted, all with score >= COMBINE.INST_THRESH), classes N, scores N,
     stuff_label H×W -> (panoptic H×W int32, segments).
     """
-    panoptic = torch.zeros(stuff_label.shape, dtype=torch.int32, device=stuff_label.device)
-    segments: list[Segment] = []
-    areas = masks.flatten(1).sum(dim=1).tolist()
-    class_list = classes.tolist()
-    score_list = scores.tolist()
+    device = stuff_label.device
+    # The loop stays on the device without host synchronisation: each step only queues tensor ops, and
+    # the accept decisions are read back once at the end.
+    owner = torch.zeros(stuff_label.shape, dtype=torch.int64, device=device)  # instance index + 1, 0 = free
+    taken = torch.zeros(stuff_label.shape, dtype=torch.bool, device=device)
+    areas = masks.flatten(1).sum(dim=1).to(torch.float64)
+    accepted = []
     for index in range(masks.shape[0]):
-        area = int(areas[index])
-        if area == 0:
-            continue
         mask = masks[index]
-        taken = mask & (panoptic > 0)
-        overlap = int(taken.sum())
-        if overlap / area > params.overlap_thresh:
-            continue
-        if overlap > 0:
-            mask = mask & ~taken
-        segment_id = len(segments) + 1
-        panoptic[mask] = segment_id
-        segments.append(
-            Segment(
-                segment_id, int(class_list[index]), True, int(mask.sum()), float(score_list[index]), index
-            )
-        )
-    free = panoptic == 0
+        overlap = (mask & taken).sum().to(torch.float64)
+        ok = (areas[index] > 0) & ~(overlap / areas[index].clamp(min=1) > params.overlap_thresh)
+        new = mask & ~taken & ok
+        owner = torch.where(new, index + 1, owner)
+        taken = taken | new
+        accepted.append(ok)
+
+    segments: list[Segment] = []
+    lookup = torch.zeros(masks.shape[0] + 1, dtype=torch.int32, device=device)
+    if accepted:
+        ok_list = torch.stack(accepted).tolist()
+        pixel_counts = torch.bincount(owner.flatten(), minlength=masks.shape[0] + 1).tolist()
+        class_list, score_list = classes.tolist(), scores.tolist()
+        for index, ok_flag in enumerate(ok_list):
+            if ok_flag:
+                segment_id = len(segments) + 1
+                lookup[index + 1] = segment_id
+                segments.append(
+                    Segment(
+                        segment_id,
+                        int(class_list[index]),
+                        True,
+                        int(pixel_counts[index + 1]),
+                        float(score_list[index]),
+                        index,
+                    )
+                )
+    panoptic = lookup[owner]
+
+    free = ~taken
     num_labels = int(stuff_label.max()) + 1
     free_counts = torch.bincount(stuff_label[free], minlength=num_labels).tolist()
+    stuff_lookup = torch.zeros(num_labels, dtype=torch.int32, device=device)
     for label in range(1, num_labels):  # label 0 is the merged "things" class
         if free_counts[label] < params.stuff_area_limit:
             continue
         segment_id = len(segments) + 1
-        panoptic[free & (stuff_label == label)] = segment_id
+        stuff_lookup[label] = segment_id
         segments.append(Segment(segment_id, label, False, int(free_counts[label])))
+    panoptic = torch.where(free, stuff_lookup[stuff_label], panoptic)
     return panoptic, segments
 
 
