@@ -253,3 +253,43 @@ def test_run_length_round_trip() -> None:
     assert rle_encode(np.array([[7, 7, 0], [0, 0, 7]])) == "7 2 0 3 7 1"
     with pytest.raises(BenchError, match="covers 6 pixels"):
         rle_decode("7 2 0 3 7 1", 2, 4)
+
+
+def test_compile_falls_back_to_the_heads_when_the_whole_network_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch.compile itself is replaced: compiling a module "fails" at its first call, a function compiles."""
+    from panoptic_deploy import bench
+
+    class CodegenError(RuntimeError):
+        pass
+
+    class Net(torch.nn.Module):
+        def forward_heads(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 1
+
+        def decode(self, heads: torch.Tensor) -> torch.Tensor:
+            return heads * 2
+
+    def fake_compile(fn: Any) -> Any:
+        if isinstance(fn, torch.nn.Module):
+
+            def fail(x: torch.Tensor) -> torch.Tensor:
+                raise CodegenError("list indices must be integers\nsecond line")
+
+            return fail
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    notes: list[str] = []
+    network = bench._CompiledNetwork(Net(), notes)  # type: ignore[arg-type]
+    x = torch.arange(3.0)
+    assert network(x).tolist() == [2.0, 4.0, 6.0]
+    assert network(x).tolist() == [2.0, 4.0, 6.0]
+    assert notes == [
+        "torch.compile of the whole network failed (CodegenError: list indices must be integers); compiled "
+        "forward_heads (backbone, FPN, heads) only, the fixed-size decode runs eagerly"
+    ]
+    network.fn = lambda x: (_ for _ in ()).throw(CodegenError("again"))
+    with pytest.raises(CodegenError, match="again"):
+        network(x)

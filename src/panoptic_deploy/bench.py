@@ -748,27 +748,77 @@ class _Runner:
         return out, (time.perf_counter() - t0) * 1000.0
 
 
+class _CompiledNetwork:
+    """``torch.compile`` of the whole network; if compiling it fails, of ``forward_heads`` alone.
+
+    Inductor of torch 2.11 fails on the fixed-size decode (a Triton codegen error in the gather/sort part,
+    measured on the H100), so the fallback compiles the backbone, FPN and heads, where nearly all the time
+    goes, and runs the decode eagerly. The note says which happened.
+    """
+
+    def __init__(self, model: PanopticFCN, notes: list[str]) -> None:
+        self.model = model
+        self.notes = notes
+        self.fell_back = False
+        self.fn: Callable[[torch.Tensor], Any] = torch.compile(model)
+
+    def _heads_then_decode(self, heads: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], Any]:
+        return lambda x: self.model.decode(heads(x))
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        try:
+            return self.fn(x)
+        except (
+            Exception
+        ) as exc:  # torch._dynamo / Inductor raise many types; only the first failure falls back
+            if self.fell_back:
+                raise
+            self.fell_back = True
+            lines = str(exc).strip().splitlines()
+            first = lines[0][:160] if lines else ""
+            self.notes.append(
+                f"torch.compile of the whole network failed ({type(exc).__name__}: {first}); compiled "
+                "forward_heads (backbone, FPN, heads) only, the fixed-size decode runs eagerly"
+            )
+            self.fn = self._heads_then_decode(torch.compile(self.model.forward_heads))
+            return self.fn(x)
+
+
 def _torch_runner(
-    backend: str, precision: str, device: str, config: PathLike, weights: PathLike | None, opts: Sequence[str]
+    backend: str,
+    precision: str,
+    device: str,
+    config: PathLike,
+    weights: PathLike | None,
+    opts: Sequence[str],
+    allow_tf32: bool | None,
 ) -> _Runner:
     if weights is None:
         raise BenchError(f"{backend}: the torch backends need --weights")
     model = load_torch_model(config, weights, opts, device)
+    notes: list[str] = []
     network: Callable[[torch.Tensor], Any] = model
-    notes = []
     if backend == "torch_compile":
-        network = torch.compile(model)
-        notes.append("torch.compile (default mode, inductor); compilation happens in the first warm-up run")
+        network = _CompiledNetwork(model, notes)
+        notes.append("torch.compile (default mode, Inductor); compilation happens in the first warm-up run")
     autocast = precision == "fp16"
     if autocast:
         notes.append("FP16 through torch.autocast(float16): FP32 weights and I/O, autocast op lists")
     if device == "cuda":
+        if allow_tf32 is not None:
+            # Process-wide switches; a benchmark process runs one configuration.
+            torch.backends.cudnn.allow_tf32 = allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         notes.append(
             "cuDNN TF32 "
             + ("on" if torch.backends.cudnn.allow_tf32 else "off")
             + ", matmul TF32 "
             + ("on" if torch.backends.cuda.matmul.allow_tf32 else "off")
-            + " (PyTorch defaults unless changed)"
+            + (
+                " (as the process had them; PyTorch's default is cuDNN on, matmul off)"
+                if allow_tf32 is None
+                else " (set by the benchmark)"
+            )
         )
 
     def run(x: torch.Tensor) -> Any:
@@ -919,6 +969,7 @@ def run_bench(
     gt_json: PathLike | None = None,
     gt_dir: PathLike | None = None,
     cuda_graph: bool = False,
+    allow_tf32: bool | None = None,
 ) -> BenchResult:
     """Benchmark ``backend`` × ``precision`` and write the result to ``output`` (JSON, if given).
 
@@ -927,6 +978,8 @@ def run_bench(
     ``config``/``opts``
     give the pre- and post-processing. ``threads``: torch intra-op threads and ONNX Runtime intra-op threads.
     ``gt_json``/``gt_dir``: COCO panoptic ground truth whose annotation file stems equal the image stems.
+    ``allow_tf32`` (torch backends on CUDA): None keeps PyTorch's settings (TF32 convolutions), False gives
+    strict FP32 convolutions and matrix products, True TF32 for both.
     """
     if warmup < 0 or iterations < 1:
         raise BenchError(f"need warmup >= 0 and iterations >= 1, got {warmup} and {iterations}")
@@ -951,128 +1004,136 @@ def run_bench(
     decoded = [read_image(p, input_params.input_format) for p in images]
     input_hw = ref.input_shape[2:]
 
-    baseline_rss = _rss_mb()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    if backend in ("torch", "torch_compile"):
-        runner = _torch_runner(backend, precision, device, config, weights, opts)
-    else:
-        if engine is None:
-            raise BenchError(f"{backend}: an engine file is needed")
-        from panoptic_deploy.engines.sidecar import sidecar_path
-
-        sidecar_file = sidecar or sidecar_path(engine)
-        if backend == "onnxruntime":
-            runner = _ort_runner(precision, engine, sidecar_file, threads)
+    # torch's TF32 switches are process-wide: restore them so that a later benchmark in this process
+    # starts from the same settings.
+    tf32_saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        baseline_rss = _rss_mb()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        if backend in ("torch", "torch_compile"):
+            runner = _torch_runner(backend, precision, device, config, weights, opts, allow_tf32)
         else:
-            runner = _trt_runner(precision, engine, sidecar_file, cuda_graph)
+            if engine is None:
+                raise BenchError(f"{backend}: an engine file is needed")
+            from panoptic_deploy.engines.sidecar import sidecar_path
 
-    from panoptic_deploy.postprocess import postprocess
-    from panoptic_deploy.predict import segments_info
-    from panoptic_deploy.preprocess import prepare_image
+            sidecar_file = sidecar or sidecar_path(engine)
+            if backend == "onnxruntime":
+                runner = _ort_runner(precision, engine, sidecar_file, threads)
+            else:
+                runner = _trt_runner(precision, engine, sidecar_file, cuda_graph)
 
-    def pipeline(k: int) -> tuple[Any, Any, float, float, float]:
-        """Image ``k`` through pre / network / post -> (outputs, result, pre ms, network ms, post ms)."""
-        t0 = time.perf_counter()
-        prepared = prepare_image(decoded[k], input_params)
-        if tuple(prepared.tensor.shape[-2:]) != tuple(input_hw):
-            raise BenchError(
-                f"{images[k]}: pads to network input {tuple(prepared.tensor.shape[-2:])}, the reference "
-                f"{reference} is for {tuple(input_hw)}"
+        from panoptic_deploy.postprocess import postprocess
+        from panoptic_deploy.predict import segments_info
+        from panoptic_deploy.preprocess import prepare_image
+
+        def pipeline(k: int) -> tuple[Any, Any, float, float, float]:
+            """Image ``k`` through pre / network / post -> (outputs, result, pre ms, network ms, post ms)."""
+            t0 = time.perf_counter()
+            prepared = prepare_image(decoded[k], input_params)
+            if tuple(prepared.tensor.shape[-2:]) != tuple(input_hw):
+                raise BenchError(
+                    f"{images[k]}: pads to network input {tuple(prepared.tensor.shape[-2:])}, the reference "
+                    f"{reference} is for {tuple(input_hw)}"
+                )
+            x = runner.to_device(prepared.tensor)
+            if runner.device == "cuda":
+                torch.cuda.synchronize()
+            pre_ms = (time.perf_counter() - t0) * 1000.0
+            outputs, net_ms = runner.timed_run(x)
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                result = postprocess(_as_mapping(outputs), prepared.image_size, prepared.orig_size, inference)
+            post_ms = (time.perf_counter() - t1) * 1000.0
+            return outputs, result, pre_ms, net_ms, post_ms
+
+        compile_seconds = None
+        t_first = time.perf_counter()
+        for w in range(warmup):
+            pipeline(w % len(images))
+            if w == 0 and backend == "torch_compile":
+                compile_seconds = round(time.perf_counter() - t_first, 2)
+
+        # Accuracy: one (untimed) run per image.
+        acc = ErrorAccumulator(inference.inst_thres)
+        results: list[ImagePanoptic] = []
+        for k, ref_image in enumerate(ref.images):
+            outputs, result, *_ = pipeline(k)
+            acc.add(as_numpy_outputs(outputs), ref_image.outputs)
+            results.append(
+                ImagePanoptic(
+                    ref_image.name, result.panoptic_seg.astype(np.int32), tuple(segments_info(result))
+                )
             )
-        x = runner.to_device(prepared.tensor)
-        if runner.device == "cuda":
-            torch.cuda.synchronize()
-        pre_ms = (time.perf_counter() - t0) * 1000.0
-        outputs, net_ms = runner.timed_run(x)
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            result = postprocess(_as_mapping(outputs), prepared.image_size, prepared.orig_size, inference)
-        post_ms = (time.perf_counter() - t1) * 1000.0
-        return outputs, result, pre_ms, net_ms, post_ms
-
-    compile_seconds = None
-    t_first = time.perf_counter()
-    for w in range(warmup):
-        pipeline(w % len(images))
-        if w == 0 and backend == "torch_compile":
+        if backend == "torch_compile" and compile_seconds is None:
             compile_seconds = round(time.perf_counter() - t_first, 2)
 
-    # Accuracy: one (untimed) run per image.
-    acc = ErrorAccumulator(inference.inst_thres)
-    results: list[ImagePanoptic] = []
-    for k, ref_image in enumerate(ref.images):
-        outputs, result, *_ = pipeline(k)
-        acc.add(as_numpy_outputs(outputs), ref_image.outputs)
-        results.append(
-            ImagePanoptic(ref_image.name, result.panoptic_seg.astype(np.int32), tuple(segments_info(result)))
+        pre, net, post, total = [], [], [], []
+        for it in range(iterations):
+            _, _, pre_ms, net_ms, post_ms = pipeline(it % len(images))
+            pre.append(pre_ms)
+            net.append(net_ms)
+            post.append(post_ms)
+            total.append(pre_ms + net_ms + post_ms)
+
+        agreement = panoptic_agreement(
+            [r.pair() for r in results], [r.panoptic.pair() for r in ref.images], ref_names
         )
-    if backend == "torch_compile" and compile_seconds is None:
-        compile_seconds = round(time.perf_counter() - t_first, 2)
-
-    pre, net, post, total = [], [], [], []
-    for it in range(iterations):
-        _, _, pre_ms, net_ms, post_ms = pipeline(it % len(images))
-        pre.append(pre_ms)
-        net.append(net_ms)
-        post.append(post_ms)
-        total.append(pre_ms + net_ms + post_ms)
-
-    agreement = panoptic_agreement(
-        [r.pair() for r in results], [r.panoptic.pair() for r in ref.images], ref_names
-    )
-    ground_truth = (
-        _ground_truth_pq(gt_json, gt_dir, ref_names, [r.pair() for r in results])
-        if gt_json is not None and gt_dir is not None
-        else None
-    )
-    gpu_peak = torch.cuda.max_memory_allocated() / 1e6 if device == "cuda" else None
-    latency = Latency(
-        LatencyStats.from_samples(net),
-        LatencyStats.from_samples(pre),
-        LatencyStats.from_samples(post),
-        LatencyStats.from_samples(total),
-    )
-    env = capture_environment()
-    errors = acc.result()
-    result = BenchResult(
-        model=model or ref.model,
-        backend=backend,
-        precision=precision,
-        device=device,
-        device_name=env.gpu_name if device == "cuda" and env.gpu_name else env.cpu_name,
-        input_shape=ref.input_shape,
-        settings=BenchSettings(
-            warmup=warmup,
-            iterations=iterations,
-            threads=threads,
-            images=tuple(str(p) for p in images),
-            cuda_graph=runner.cuda_graph,
-            compile_seconds=compile_seconds,
-        ),
-        latency=latency,
-        throughput_ips=1000.0 / latency.network.mean_ms,
-        end_to_end_ips=1000.0 / latency.end_to_end.mean_ms,
-        memory=Memory(round(baseline_rss, 1), round(_peak_rss_mb(), 1), gpu_peak, runner.gpu_engine_mb),
-        accuracy=Accuracy(
-            reference=Path(reference).name,
-            reference_sha256=ref.sha256,
-            tensors=errors,
-            instances_reference=acc.instances_ref,
-            instances_backend=acc.instances_test,
-            instances_matched=acc.instances_matched,
-            panoptic=agreement,
-        ),
-        ground_truth=ground_truth,
-        engine=runner.engine,
-        environment=env,
-        panoptic=tuple(results),
-        notes=tuple(runner.notes),
-        created=_utc_now(),
-    )
-    if output is not None:
-        write_bench(result, output)
-    return result
+        ground_truth = (
+            _ground_truth_pq(gt_json, gt_dir, ref_names, [r.pair() for r in results])
+            if gt_json is not None and gt_dir is not None
+            else None
+        )
+        gpu_peak = torch.cuda.max_memory_allocated() / 1e6 if device == "cuda" else None
+        latency = Latency(
+            LatencyStats.from_samples(net),
+            LatencyStats.from_samples(pre),
+            LatencyStats.from_samples(post),
+            LatencyStats.from_samples(total),
+        )
+        env = capture_environment()
+        errors = acc.result()
+        result = BenchResult(
+            model=model or ref.model,
+            backend=backend,
+            precision=precision,
+            device=device,
+            device_name=env.gpu_name if device == "cuda" and env.gpu_name else env.cpu_name,
+            input_shape=ref.input_shape,
+            settings=BenchSettings(
+                warmup=warmup,
+                iterations=iterations,
+                threads=threads,
+                images=tuple(str(p) for p in images),
+                cuda_graph=runner.cuda_graph,
+                compile_seconds=compile_seconds,
+            ),
+            latency=latency,
+            throughput_ips=1000.0 / latency.network.mean_ms,
+            end_to_end_ips=1000.0 / latency.end_to_end.mean_ms,
+            memory=Memory(round(baseline_rss, 1), round(_peak_rss_mb(), 1), gpu_peak, runner.gpu_engine_mb),
+            accuracy=Accuracy(
+                reference=Path(reference).name,
+                reference_sha256=ref.sha256,
+                tensors=errors,
+                instances_reference=acc.instances_ref,
+                instances_backend=acc.instances_test,
+                instances_matched=acc.instances_matched,
+                panoptic=agreement,
+            ),
+            ground_truth=ground_truth,
+            engine=runner.engine,
+            environment=env,
+            panoptic=tuple(results),
+            notes=tuple(runner.notes),
+            created=_utc_now(),
+        )
+        if output is not None:
+            write_bench(result, output)
+        return result
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32_saved
 
 
 def _as_mapping(outputs: Any) -> Mapping[str, Any]:

@@ -138,6 +138,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         gt_json=args.gt_json,
         gt_dir=args.gt_dir,
         cuda_graph=args.cuda_graph,
+        allow_tf32=None if args.tf32 is None else args.tf32 == "on",
     )
     net = result.latency.network
     pan = result.accuracy.panoptic
@@ -268,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt-json", default=None, help="COCO panoptic ground-truth JSON (optional)")
     p.add_argument("--gt-dir", default=None, help="folder of ground-truth PNGs (with --gt-json)")
     p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay a CUDA graph")
+    p.add_argument("--tf32", choices=["on", "off"], default=None,
+                   help="torch on CUDA: TF32 convolutions/matmuls (default: PyTorch's settings)")  # fmt: skip
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
     p.add_argument("images", nargs="*", help="evaluation images (default: the reference's)")
     p.set_defaults(func=_cmd_bench)
