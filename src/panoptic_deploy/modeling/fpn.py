@@ -38,9 +38,9 @@ class FPN(nn.Module):
         super().__init__()
         self.bottom_up = bottom_up
         self.in_levels = (2, 3, 4, 5)
-        in_channels = {2: 256, 3: 512, 4: 1024, 5: 2048}
         for level in self.in_levels:
-            self.add_module(f"fpn_lateral{level}", Conv2d(in_channels[level], out_channels, 1))
+            in_channels = bottom_up.out_channels[f"res{level}"]
+            self.add_module(f"fpn_lateral{level}", Conv2d(in_channels, out_channels, 1))
             self.add_module(f"fpn_output{level}", Conv2d(out_channels, out_channels, 3, padding=1))
         self.top_block = LastLevelP6P7(out_channels)
 

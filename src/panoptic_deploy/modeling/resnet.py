@@ -86,6 +86,7 @@ class ResNet(nn.Module):
         super().__init__()
         self.stem = BasicStem(3, stem_channels)
         self.stage_names: list[str] = []
+        self.out_channels: dict[str, int] = {}
         in_channels = stem_channels
         out_channels = res2_channels
         bottleneck = width_per_group
@@ -99,6 +100,7 @@ class ResNet(nn.Module):
                 in_channels = out_channels
             self.add_module(name, nn.Sequential(*blocks))
             self.stage_names.append(name)
+            self.out_channels[name] = out_channels
             out_channels *= 2
             bottleneck *= 2
 
