@@ -45,7 +45,7 @@ def _schema() -> dict[str, Any]:
 
 
 def test_reference_holds_torch_outputs_and_panoptic_results(art: pa.Artifacts) -> None:
-    from panoptic_deploy.bench import load_torch_model
+    from panoptic_deploy.predict import load_model
 
     assert art.reference is not None
     ref = read_reference(art.reference)
@@ -54,7 +54,7 @@ def test_reference_holds_torch_outputs_and_panoptic_results(art: pa.Artifacts) -
     assert [r.orig_size for r in ref.images] == [(80, 120), (85, 128), (90, 135)]
     assert all(r.image_size == (64, 96) for r in ref.images)
     # The stored outputs are exactly what the model computes on the prepared image.
-    model = load_torch_model(pa.CONFIG, art.weights, pa.OPTS)
+    model = load_model(pa.CONFIG, art.weights, pa.OPTS)
     (x,) = prepare_verify_inputs(pa.CONFIG, [art.images[1]], pa.INPUT_HW, pa.OPTS)
     with torch.no_grad():
         fresh = as_numpy_outputs(model(torch.from_numpy(x)))

@@ -39,9 +39,9 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> pa.Artifacts:
 
 
 def _torch_outputs(art: pa.Artifacts, image: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    from panoptic_deploy.bench import load_torch_model
+    from panoptic_deploy.predict import load_model
 
-    model = load_torch_model(pa.CONFIG, art.weights, pa.OPTS)
+    model = load_model(pa.CONFIG, art.weights, pa.OPTS)
     (x,) = prepare_verify_inputs(pa.CONFIG, [image], pa.INPUT_HW, pa.OPTS)
     with torch.no_grad():
         out = model(torch.from_numpy(x))

@@ -52,7 +52,7 @@ from panoptic_deploy.compare import (
 )
 from panoptic_deploy.errors import PanopticDeployError, PanopticFormatError
 from panoptic_deploy.export import prepare_at_size
-from panoptic_deploy.fileio import atomic_path, write_text_atomic
+from panoptic_deploy.fileio import atomic_path, file_sha256, write_text_atomic
 from panoptic_deploy.modeling import INPUT_NAME, OUTPUT_NAMES, InferenceParams, InputParams, PanopticFCN
 from panoptic_deploy.preprocess import read_image
 
@@ -195,27 +195,12 @@ def capture_environment() -> Environment:
 
 
 def load_model_params(config: PathLike, opts: Sequence[str] = ()) -> tuple[InputParams, InferenceParams]:
-    """Pre-/post-processing parameters of a config, from a model built on the meta device (no memory)."""
+    """Pre-/post-processing parameters of a config (no model is built)."""
     from panoptic_deploy.config import load_config
-    from panoptic_deploy.modeling import build_model
+    from panoptic_deploy.modeling.panoptic_fcn import inference_params_from_config, input_params_from_config
 
     cfg = load_config(Path(config), opts)
-    with torch.device("meta"):
-        model = build_model(cfg)
-    return model.input_params, model.inference
-
-
-def load_torch_model(
-    config: PathLike, weights: PathLike, opts: Sequence[str] = (), device: str = "cpu"
-) -> PanopticFCN:
-    """Eval-mode model of ``config`` with ``weights`` on ``device``."""
-    from panoptic_deploy.checkpoint import load_weights
-    from panoptic_deploy.config import load_config
-    from panoptic_deploy.modeling import build_model
-
-    model = build_model(load_config(Path(config), opts))
-    load_weights(model, weights)
-    return model.to(device).eval()
+    return input_params_from_config(cfg), inference_params_from_config(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -320,14 +305,14 @@ def write_reference(
     input shape, image names and paths, sizes, versions). ``model_name`` defaults to the file stem.
     """
     from panoptic_deploy.postprocess import postprocess
-    from panoptic_deploy.predict import segments_info
+    from panoptic_deploy.predict import load_model, segments_info
 
     if not images:
         raise BenchError(f"{output}: no evaluation images")
     names = _image_names(images)
     if threads is not None:
         torch.set_num_threads(threads)
-    model = load_torch_model(config, weights, opts, "cpu")
+    model = load_model(config, weights, opts, "cpu")
     height, width = (int(v) for v in input_hw)
     arrays: dict[str, NDArray[Any]] = {}
     entries = []
@@ -368,7 +353,6 @@ def write_reference(
 
 def read_reference(path: PathLike) -> Reference:
     """Load a file written by :func:`write_reference`; :class:`BenchError` names the file and the problem."""
-    from panoptic_deploy.engines.sidecar import file_sha256
 
     path = Path(path)
     if not path.is_file():
@@ -793,9 +777,11 @@ def _torch_runner(
     opts: Sequence[str],
     allow_tf32: bool | None,
 ) -> _Runner:
+    from panoptic_deploy.predict import load_model
+
     if weights is None:
         raise BenchError(f"{backend}: the torch backends need --weights")
-    model = load_torch_model(config, weights, opts, device)
+    model = load_model(config, weights, opts, device)
     notes: list[str] = []
     network: Callable[[torch.Tensor], Any] = model
     if backend == "torch_compile":

@@ -12,7 +12,6 @@ Every artefact is written through :func:`panoptic_deploy.fileio.atomic_path`: on
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -39,7 +38,7 @@ from panoptic_deploy.compare import (
     tolerance_failures,
 )
 from panoptic_deploy.errors import ExportError, ImageError, PanopticDeployError
-from panoptic_deploy.fileio import atomic_path
+from panoptic_deploy.fileio import atomic_path, file_sha256
 from panoptic_deploy.modeling import INPUT_NAME, OUTPUT_NAMES, InputParams, PanopticFCN
 from panoptic_deploy.modeling.deform_conv import (
     DEFORMCONV_MIN_OPSET,
@@ -48,6 +47,7 @@ from panoptic_deploy.modeling.deform_conv import (
     onnx_deformconv_translation_table,
     register_onnx_deformconv_symbolic,
 )
+from panoptic_deploy.modeling.panoptic_fcn import input_params_from_config
 from panoptic_deploy.preprocess import PreparedImage, network_input_shape, prepare_image, read_image
 
 _LOG = logging.getLogger(__name__)
@@ -68,24 +68,6 @@ _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 
 # ---------------------------------------------------------------------------------------------------------
 # Input sizes and verification images
-
-
-def input_params_from_config(cfg: Any) -> InputParams:
-    """The test-time pre-processing of a loaded config, without building the model."""
-    from panoptic_deploy.errors import ConfigError
-    from panoptic_deploy.modeling.panoptic_fcn import LEVEL_STRIDES
-
-    min_size = cfg.INPUT.MIN_SIZE_TEST
-    if isinstance(min_size, (tuple, list)):
-        raise ConfigError("INPUT.MIN_SIZE_TEST must be a single size at test time")
-    return InputParams(
-        min_size=int(min_size),
-        max_size=int(cfg.INPUT.MAX_SIZE_TEST),
-        pixel_mean=tuple(float(v) for v in cfg.MODEL.PIXEL_MEAN),  # type: ignore[arg-type]
-        pixel_std=tuple(float(v) for v in cfg.MODEL.PIXEL_STD),  # type: ignore[arg-type]
-        input_format=cfg.INPUT.FORMAT,
-        size_divisibility=LEVEL_STRIDES["p5"],
-    )
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
@@ -333,14 +315,6 @@ def _run_exporter(
     return "legacy", reason
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_io(onnx_model: Any, input_shape: tuple[int, ...], where: str) -> None:
     """The graph has the named static input and the seven named outputs with static shapes."""
     graph = onnx_model.graph
@@ -447,7 +421,7 @@ def export_onnx(
             )
         agreement = _panoptic_check(onnx_np, ref_np, prepared, model, str(verify_image))
         file_bytes = tmp.stat().st_size
-        sha256 = _sha256(tmp)
+        sha256 = file_sha256(tmp)
     return ExportReport(
         output=str(output),
         exporter=used,
@@ -551,7 +525,7 @@ def simplify_onnx(
                     worst[name] = max(worst.get(name, 0.0), err.max_abs)
                 flips += err.mismatches
         file_bytes = tmp.stat().st_size
-        sha256 = _sha256(tmp)
+        sha256 = file_sha256(tmp)
     return SimplifyReport(
         output=str(onnx_out),
         nodes_before=nodes_before,

@@ -56,7 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 from panoptic_deploy.errors import PanopticDeployError
-from panoptic_deploy.fileio import atomic_path, write_text_atomic
+from panoptic_deploy.fileio import atomic_path, file_sha256, write_text_atomic
 
 if TYPE_CHECKING:
     import onnx
@@ -134,14 +134,6 @@ class CalibrationCache:
 def _peak_rss_mb() -> float:
     # Linux reports ru_maxrss in KiB.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _format_amax(value: float) -> str:
@@ -494,7 +486,7 @@ def calibrate(
         **({"num_bins": str(num_bins)} if method != "minmax" else {}),
         "inputs": str(count),
         "inputs_sha256": digest.hexdigest(),
-        "model_sha256": _sha256_file(model_path),
+        "model_sha256": file_sha256(model_path),
         "onnxruntime": _version("onnxruntime"),
         "numpy": np.__version__,
     }

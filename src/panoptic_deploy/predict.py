@@ -55,6 +55,21 @@ class Predictor:
         return self(read_image(path, self.model.input_params.input_format))
 
 
+def load_model(
+    config: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    opts: Sequence[str] = (),
+    device: str | torch.device = "cpu",
+) -> PanopticFCN:
+    """Eval-mode model of ``config`` with ``weights`` loaded strictly, on ``device``."""
+    from panoptic_deploy.checkpoint import load_weights
+    from panoptic_deploy.config import load_config
+
+    model = build_model(load_config(Path(config), opts))
+    load_weights(model, weights)
+    return model.to(device).eval()
+
+
 def segments_info(result: PanopticResult) -> list[dict[str, Any]]:
     """``segments_info`` entries: id, category_id (as the network predicts it), coco_category_id, isthing,
     score (things; None for stuff), area, instance_id (things)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
@@ -27,7 +26,7 @@ from jsonschema.exceptions import best_match
 
 from panoptic_deploy import __version__
 from panoptic_deploy.errors import PanopticDeployError
-from panoptic_deploy.fileio import write_text_atomic
+from panoptic_deploy.fileio import file_sha256, write_text_atomic
 
 SIDECAR_SCHEMA_VERSION = 1
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -170,15 +169,6 @@ def read_sidecar(path: str | os.PathLike[str]) -> EngineSidecar:
     except ValueError as exc:
         raise EngineError(f"{path}: key 'created': {data['created']!r} is not an ISO 8601 time") from exc
     return EngineSidecar.from_json_dict(data)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_engine_file(sidecar: EngineSidecar, engine_path: str | os.PathLike[str]) -> None:

@@ -312,8 +312,6 @@ def build_model(cfg: Any) -> PanopticFCN:
         )
     if not m.POSITION_HEAD.STUFF.WITH_THING:
         raise ConfigError("MODEL.POSITION_HEAD.STUFF.WITH_THING False is not supported")
-    if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
-        raise ConfigError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported (BGR or RGB)")
 
     bottom_up = ResNet(
         RESNET_STAGE_BLOCKS[resnets.DEPTH],
@@ -361,26 +359,6 @@ def build_model(cfg: Any) -> PanopticFCN:
         norm=_norm_flag(enc, "MODEL.FEATURE_ENCODER"),
         deform=enc.DEFORM,
     )
-    inference = InferenceParams(
-        thing_thres=pos.THING.THRES,
-        stuff_thres=pos.STUFF.THRES,
-        top_num=pos.THING.TOP_NUM,
-        inst_thres=m.INFERENCE.INST_THRES,
-        similar_thres=m.INFERENCE.SIMILAR_THRES,
-        class_specific=m.INFERENCE.CLASS_SPECIFIC,
-        combine_enable=m.INFERENCE.COMBINE.ENABLE,
-        overlap_thresh=m.INFERENCE.COMBINE.OVERLAP_THRESH,
-        stuff_area_limit=m.INFERENCE.COMBINE.STUFF_AREA_LIMIT,
-        combine_inst_thresh=m.INFERENCE.COMBINE.INST_THRESH,
-    )
-    input_params = InputParams(
-        min_size=_min_size_test(cfg.INPUT.MIN_SIZE_TEST),
-        max_size=cfg.INPUT.MAX_SIZE_TEST,
-        pixel_mean=tuple(float(v) for v in m.PIXEL_MEAN),  # type: ignore[arg-type]
-        pixel_std=tuple(float(v) for v in m.PIXEL_STD),  # type: ignore[arg-type]
-        input_format=cfg.INPUT.FORMAT,
-        size_divisibility=LEVEL_STRIDES["p5"],
-    )
     model = PanopticFCN(
         backbone,
         semantic_fpn,
@@ -389,13 +367,40 @@ def build_model(cfg: Any) -> PanopticFCN:
         feature_encoder,
         KernelGenerator(ker.CONVS_DIM, enc.CONVS_DIM),
         KernelGenerator(ker.CONVS_DIM, enc.CONVS_DIM),
-        inference,
-        input_params,
+        inference_params_from_config(cfg),
+        input_params_from_config(cfg),
     )
     return model.eval()
 
 
-def _min_size_test(value: Any) -> int:
-    if isinstance(value, (tuple, list)):
+def inference_params_from_config(cfg: Any) -> InferenceParams:
+    """The inference thresholds of a loaded config (no model is built)."""
+    m = cfg.MODEL
+    return InferenceParams(
+        thing_thres=m.POSITION_HEAD.THING.THRES,
+        stuff_thres=m.POSITION_HEAD.STUFF.THRES,
+        top_num=m.POSITION_HEAD.THING.TOP_NUM,
+        inst_thres=m.INFERENCE.INST_THRES,
+        similar_thres=m.INFERENCE.SIMILAR_THRES,
+        class_specific=m.INFERENCE.CLASS_SPECIFIC,
+        combine_enable=m.INFERENCE.COMBINE.ENABLE,
+        overlap_thresh=m.INFERENCE.COMBINE.OVERLAP_THRESH,
+        stuff_area_limit=m.INFERENCE.COMBINE.STUFF_AREA_LIMIT,
+        combine_inst_thresh=m.INFERENCE.COMBINE.INST_THRESH,
+    )
+
+
+def input_params_from_config(cfg: Any) -> InputParams:
+    """The test-time pre-processing of a loaded config (no model is built)."""
+    if isinstance(cfg.INPUT.MIN_SIZE_TEST, (tuple, list)):
         raise ConfigError("INPUT.MIN_SIZE_TEST must be a single size at test time")
-    return int(value)
+    if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
+        raise ConfigError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported (BGR or RGB)")
+    return InputParams(
+        min_size=int(cfg.INPUT.MIN_SIZE_TEST),
+        max_size=int(cfg.INPUT.MAX_SIZE_TEST),
+        pixel_mean=tuple(float(v) for v in cfg.MODEL.PIXEL_MEAN),  # type: ignore[arg-type]
+        pixel_std=tuple(float(v) for v in cfg.MODEL.PIXEL_STD),  # type: ignore[arg-type]
+        input_format=cfg.INPUT.FORMAT,
+        size_divisibility=LEVEL_STRIDES["p5"],
+    )
