@@ -8,6 +8,18 @@ rule bench_torch:
         unpack(torch_bench_inputs),
     output:
         "results/bench/{backend}/{model}.{precision}.json",
+    log:
+        "results/logs/bench_torch/{backend}/{model}.{precision}.log",
+    benchmark:
+        "results/benchmarks/bench_torch/{backend}/{model}.{precision}.tsv"
+    wildcard_constraints:
+        backend=TORCH_BACKEND_PATTERN,
+    conda:
+        CONDA_ENV
+    threads: config["bench"]["threads"]
+    resources:
+        gpu=bench_gpus,
+        mem_mb=4000,
     params:
         config=config["model"]["config"],
         opts=model_opts(),
@@ -15,18 +27,6 @@ rule bench_torch:
         iterations=config["bench"]["iterations"],
         threads=config["bench"]["threads"],
         version=PACKAGE_VERSION,
-    wildcard_constraints:
-        backend=TORCH_BACKEND_PATTERN,
-    threads: config["bench"]["threads"]
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/bench_torch/{backend}/{model}.{precision}.log",
-    benchmark:
-        "results/benchmarks/bench_torch/{backend}/{model}.{precision}.tsv"
-    resources:
-        gpu=bench_gpus,
-        mem_mb=4000,
     script:
         "../scripts/bench.py"
 
@@ -36,6 +36,18 @@ rule bench_engine:
         unpack(bench_engine_inputs),
     output:
         "results/bench/{backend}/{model}.{precision}.json",
+    log:
+        "results/logs/bench_engine/{backend}/{model}.{precision}.log",
+    benchmark:
+        "results/benchmarks/bench_engine/{backend}/{model}.{precision}.tsv"
+    wildcard_constraints:
+        backend=ENGINE_BACKEND_PATTERN,
+    conda:
+        CONDA_ENV
+    threads: config["bench"]["threads"]
+    resources:
+        gpu=bench_gpus,
+        mem_mb=4000,
     params:
         config=config["model"]["config"],
         opts=model_opts(),
@@ -44,17 +56,5 @@ rule bench_engine:
         threads=config["bench"]["threads"],
         cuda_graph=config["tensorrt"]["cuda_graph"],
         version=PACKAGE_VERSION,
-    wildcard_constraints:
-        backend=ENGINE_BACKEND_PATTERN,
-    threads: config["bench"]["threads"]
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/bench_engine/{backend}/{model}.{precision}.log",
-    benchmark:
-        "results/benchmarks/bench_engine/{backend}/{model}.{precision}.tsv"
-    resources:
-        gpu=bench_gpus,
-        mem_mb=4000,
     script:
         "../scripts/bench.py"

@@ -44,7 +44,8 @@ def _schema_message(error):
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(str(k) for k in error.instance if k not in allowed)
-        names = ", ".join(f"'{key + '.' if key else ''}{name}'" for name in unknown)
+        prefix = f"{key}." if key else ""
+        names = ", ".join(f"'{prefix}{name}'" for name in unknown)
         return f"unknown config key {names}; allowed here: {', '.join(allowed)}"
     if error.validator == "oneOf":
         return f"config key '{key}': {error.instance!r} is not valid ({error.schema.get('description', '')})"
@@ -99,7 +100,9 @@ def image_name(file):
 
 def model_opts():
     """The model-config overrides as strings (YAML may give numbers or booleans)."""
-    return [str(value).lower() if isinstance(value, bool) else str(value) for value in config["model"]["opts"]]
+    return [
+        str(value).lower() if isinstance(value, bool) else str(value) for value in config["model"]["opts"]
+    ]
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,9 @@ def model_branches(eval_images):
             )
     branches = {}
     for (height, width), files in sorted(by_size.items()):
-        branch = ModelBranch(model_name(config["model"]["name"], (height, width)), height, width, tuple(sorted(files)))
+        branch = ModelBranch(
+            model_name(config["model"]["name"], (height, width)), height, width, tuple(sorted(files))
+        )
         branches[branch.name] = branch
     return branches
 
@@ -204,7 +209,9 @@ def resolve_backends():
 EVAL_IMAGES = verified_images("evaluation.images", config["evaluation"]["images"])
 _stems = [image_name(file) for file in EVAL_IMAGES]
 for _stem in sorted({s for s in _stems if _stems.count(s) > 1}):
-    raise ConfigError(f"config key 'evaluation.images': two images are named '{_stem}' (names must be unique)")
+    raise ConfigError(
+        f"config key 'evaluation.images': two images are named '{_stem}' (names must be unique)"
+    )
 
 PRECISIONS = [p for p in ALL_PRECISIONS if p in config["precisions"]]
 CALIBRATION_IMAGES = (
@@ -216,7 +223,9 @@ if config["model"]["checkpoint"] is not None and not Path(config["model"]["check
 
 _gt_json, _gt_dir = config["evaluation"]["gt_json"], config["evaluation"]["gt_dir"]
 if (_gt_json is None) != (_gt_dir is None):
-    raise ConfigError("config keys 'evaluation.gt_json' and 'evaluation.gt_dir' go together: set both or neither")
+    raise ConfigError(
+        "config keys 'evaluation.gt_json' and 'evaluation.gt_dir' go together: set both or neither"
+    )
 if _gt_json is not None and not Path(_gt_json).is_file():
     raise ConfigError(f"config key 'evaluation.gt_json': '{_gt_json}' does not exist")
 if _gt_dir is not None and not Path(_gt_dir).is_dir():
@@ -302,7 +311,9 @@ def precision_onnx(wildcards):
 
 
 def engine_path(backend, model, precision):
-    return f"results/engines/{backend}/{DEVICE_KEYS[backend]}/{model}.{precision}.{ENGINE_EXTENSIONS[backend]}"
+    return (
+        f"results/engines/{backend}/{DEVICE_KEYS[backend]}/{model}.{precision}.{ENGINE_EXTENSIONS[backend]}"
+    )
 
 
 def bench_files():

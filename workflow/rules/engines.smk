@@ -11,17 +11,17 @@ if "onnxruntime" in ENGINE_BACKENDS:
         output:
             engine=f"results/engines/onnxruntime/{DEVICE_KEYS['onnxruntime']}/{{model}}.{{precision}}.onnx",
             sidecar=f"results/engines/onnxruntime/{DEVICE_KEYS['onnxruntime']}/{{model}}.{{precision}}.onnx.json",
-        params:
-            threads=config["onnxruntime"]["threads"],
-            version=PACKAGE_VERSION,
-        conda:
-            CONDA_ENV
         log:
             "results/logs/engine_onnxruntime/{model}.{precision}.log",
         benchmark:
             "results/benchmarks/engine_onnxruntime/{model}.{precision}.tsv"
+        conda:
+            CONDA_ENV
         resources:
             mem_mb=3000,
+        params:
+            threads=config["onnxruntime"]["threads"],
+            version=PACKAGE_VERSION,
         script:
             "../scripts/engine_onnxruntime.py"
 
@@ -34,6 +34,15 @@ if "tensorrt" in ENGINE_BACKENDS:
         output:
             engine=f"results/engines/tensorrt/{DEVICE_KEYS['tensorrt']}/{{model}}.{{precision}}.engine",
             sidecar=f"results/engines/tensorrt/{DEVICE_KEYS['tensorrt']}/{{model}}.{{precision}}.engine.json",
+        log:
+            "results/logs/engine_tensorrt/{model}.{precision}.log",
+        benchmark:
+            "results/benchmarks/engine_tensorrt/{model}.{precision}.tsv"
+        conda:
+            CONDA_ENV
+        resources:
+            gpu=1,
+            mem_mb=8000,
         params:
             input_shape=input_shape,
             workspace_bytes=config["tensorrt"]["workspace_mb"] * 2**20,
@@ -41,14 +50,5 @@ if "tensorrt" in ENGINE_BACKENDS:
             # Shared by all builds on this device; not an output (several jobs update it), kept under results/.
             timing_cache=f"results/engines/tensorrt/{DEVICE_KEYS['tensorrt']}/timing.cache",
             version=PACKAGE_VERSION,
-        conda:
-            CONDA_ENV
-        log:
-            "results/logs/engine_tensorrt/{model}.{precision}.log",
-        benchmark:
-            "results/benchmarks/engine_tensorrt/{model}.{precision}.tsv"
-        resources:
-            gpu=1,
-            mem_mb=8000,
         script:
             "../scripts/engine_tensorrt.py"

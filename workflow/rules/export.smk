@@ -8,6 +8,14 @@ rule export_onnx:
         image=first_eval_image,
     output:
         "results/onnx/{model}.onnx",
+    log:
+        "results/logs/export_onnx/{model}.log",
+    benchmark:
+        "results/benchmarks/export_onnx/{model}.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=6000,
     params:
         config=config["model"]["config"],
         opts=model_opts(),
@@ -17,14 +25,6 @@ rule export_onnx:
         atol=config["export"]["atol"],
         rtol=config["export"]["rtol"],
         version=PACKAGE_VERSION,
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/export_onnx/{model}.log",
-    benchmark:
-        "results/benchmarks/export_onnx/{model}.tsv"
-    resources:
-        mem_mb=6000,
     script:
         "../scripts/export_onnx.py"
 
@@ -35,19 +35,19 @@ rule simplify_onnx:
         images=eval_images,
     output:
         "results/onnx/{model}.sim.onnx",
+    log:
+        "results/logs/simplify_onnx/{model}.log",
+    benchmark:
+        "results/benchmarks/simplify_onnx/{model}.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=3000,
     params:
         config=config["model"]["config"],
         opts=model_opts(),
         input_hw=input_hw,
         atol=config["export"]["simplify_atol"],
         version=PACKAGE_VERSION,
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/simplify_onnx/{model}.log",
-    benchmark:
-        "results/benchmarks/simplify_onnx/{model}.tsv"
-    resources:
-        mem_mb=3000,
     script:
         "../scripts/simplify_onnx.py"

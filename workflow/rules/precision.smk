@@ -10,6 +10,14 @@ rule fp16_onnx:
         image=first_eval_image,
     output:
         "results/onnx/{model}.fp16.onnx",
+    log:
+        "results/logs/fp16_onnx/{model}.log",
+    benchmark:
+        "results/benchmarks/fp16_onnx/{model}.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=3000,
     params:
         config=config["model"]["config"],
         opts=model_opts(),
@@ -17,14 +25,6 @@ rule fp16_onnx:
         data_max=config["fp16"]["data_max"],
         keep_fp32_op_types=config["fp16"]["keep_fp32_op_types"],
         version=PACKAGE_VERSION,
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/fp16_onnx/{model}.log",
-    benchmark:
-        "results/benchmarks/fp16_onnx/{model}.tsv"
-    resources:
-        mem_mb=3000,
     script:
         "../scripts/fp16_onnx.py"
 
@@ -35,6 +35,14 @@ rule calibration_cache:
         images=CALIBRATION_IMAGES,
     output:
         "results/calibration/{model}.int8.cache",
+    log:
+        "results/logs/calibration_cache/{model}.log",
+    benchmark:
+        "results/benchmarks/calibration_cache/{model}.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=4000,
     params:
         config=config["model"]["config"],
         opts=model_opts(),
@@ -43,14 +51,6 @@ rule calibration_cache:
         percentile=config["calibration"]["percentile"],
         num_bins=config["calibration"]["num_bins"],
         version=PACKAGE_VERSION,
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/calibration_cache/{model}.log",
-    benchmark:
-        "results/benchmarks/calibration_cache/{model}.tsv"
-    resources:
-        mem_mb=4000,
     script:
         "../scripts/calibration_cache.py"
 
@@ -61,16 +61,16 @@ rule int8_onnx:
         cache="results/calibration/{model}.int8.cache",
     output:
         "results/onnx/{model}.int8.onnx",
-    params:
-        high_precision=INT8_HIGH_PRECISION,
-        version=PACKAGE_VERSION,
-    conda:
-        CONDA_ENV
     log:
         "results/logs/int8_onnx/{model}.log",
     benchmark:
         "results/benchmarks/int8_onnx/{model}.tsv"
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=4000,
+    params:
+        high_precision=INT8_HIGH_PRECISION,
+        version=PACKAGE_VERSION,
     script:
         "../scripts/int8_onnx.py"

@@ -8,18 +8,18 @@ rule reference_outputs:
         images=eval_images,
     output:
         "results/reference/{model}.npz",
+    log:
+        "results/logs/reference_outputs/{model}.log",
+    benchmark:
+        "results/benchmarks/reference_outputs/{model}.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=4000,
     params:
         config=config["model"]["config"],
         opts=model_opts(),
         input_hw=input_hw,
         version=PACKAGE_VERSION,
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/reference_outputs/{model}.log",
-    benchmark:
-        "results/benchmarks/reference_outputs/{model}.tsv"
-    resources:
-        mem_mb=4000,
     script:
         "../scripts/reference_outputs.py"

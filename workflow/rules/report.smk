@@ -11,15 +11,15 @@ rule report:
         latency="results/report/latency.png",
         accuracy_vs_speed="results/report/accuracy_vs_speed.png",
         panoptic=expand("results/report/panoptic_{model}.png", model=MODELS),
-    params:
-        example_image=example_image(),
-        skipped=SKIPPED,
-        version=PACKAGE_VERSION,
-    conda:
-        CONDA_ENV
     log:
         "results/logs/report/report.log",
     benchmark:
         "results/benchmarks/report/report.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        example_image=example_image(),
+        skipped=SKIPPED,
+        version=PACKAGE_VERSION,
     script:
         "../scripts/report.py"

@@ -5,16 +5,16 @@
 rule synthetic_weights:
     output:
         "results/weights/{name}.pth",
+    log:
+        "results/logs/synthetic_weights/{name}.log",
+    benchmark:
+        "results/benchmarks/synthetic_weights/{name}.tsv"
+    conda:
+        CONDA_ENV
     params:
         config=config["model"]["config"],
         opts=model_opts(),
         seed=config["model"]["synthetic_seed"],
         version=PACKAGE_VERSION,
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/synthetic_weights/{name}.log",
-    benchmark:
-        "results/benchmarks/synthetic_weights/{name}.tsv"
     script:
         "../scripts/synthetic_weights.py"
