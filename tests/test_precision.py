@@ -479,3 +479,37 @@ def test_session_options_follow_the_model_kind(fp32_model: Path) -> None:
     assert not needs_unoptimized_session(onnx.load(str(fp32_model)))
     forced = make_ort_session(fp32_model, optimize=False)
     assert forced.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+
+def test_q_scales_map_back_through_a_retargeted_cast() -> None:
+    """ModelOpt with high_precision fp16 retargets Cast(bool -> float) to fp16 and renames its output; the
+    scale check must still find the calibrated FP32 tensor (seen on the PanopticFCN export)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from panoptic_deploy.precision import _activation_q_scales
+
+    scale = np.float32(np.random.default_rng().uniform(0.01, 1.0))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Equal", ["a", "b"], ["eq_8"], name="eq"),
+            helper.make_node(
+                "Cast", ["eq_8"], ["to_copy_7_cast_to_fp16"], to=TensorProto.FLOAT16, name="cast"
+            ),
+            helper.make_node(
+                "QuantizeLinear", ["to_copy_7_cast_to_fp16", "s", "z"], ["q"], name="to_copy_7_QuantizeLinear"
+            ),
+        ],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("q", TensorProto.INT8, [4])],
+        initializer=[
+            helper.make_tensor("s", TensorProto.FLOAT16, [], [float(scale)]),
+            helper.make_tensor("z", TensorProto.INT8, [], [0]),
+        ],
+    )
+    model = helper.make_model(graph)
+    onnx.checker.check_model(model)
+    [(tensor, found)] = _activation_q_scales(model, {"to_copy_7": 127.0 * float(scale)})
+    assert tensor == "to_copy_7"
+    assert found == pytest.approx(float(np.float16(scale)))

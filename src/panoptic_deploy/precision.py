@@ -673,6 +673,30 @@ def quantize_int8(
     )
 
 
+_HIGH_PRECISION_CAST_SUFFIXES = ("_cast_to_fp16", "_cast_to_bf16")
+
+
+def _calibrated_name(
+    quantize: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto], amax: Mapping[str, float]
+) -> str:
+    """The calibrated (FP32-graph) tensor a QuantizeLinear quantizes.
+
+    With an FP16/BF16 high-precision graph ModelOpt inserts a Cast before the Q node: either a new Cast of
+    the FP32 tensor (the original is its input), or, where the FP32 tensor itself came from a Cast (e.g.
+    bool -> float), that Cast retargeted and its output renamed ``<original>_cast_to_fp16``; the Q node
+    keeps the name ``<original>_QuantizeLinear``.
+    """
+    source = str(quantize.input[0])
+    candidates = [source]
+    producer = producers.get(source)
+    if producer is not None and producer.op_type == "Cast":
+        candidates.append(str(producer.input[0]))
+    candidates += [source.removesuffix(s) for s in _HIGH_PRECISION_CAST_SUFFIXES if source.endswith(s)]
+    if quantize.name.endswith("_QuantizeLinear"):
+        candidates.append(str(quantize.name).removesuffix("_QuantizeLinear"))
+    return next((name for name in candidates if name in amax), source)
+
+
 def _activation_q_scales(model: onnx.ModelProto, amax: Mapping[str, float]) -> list[tuple[str, float]]:
     """(quantized tensor, scale) for each QuantizeLinear of an activation (weights are initializers)."""
     from onnx import numpy_helper
@@ -683,11 +707,7 @@ def _activation_q_scales(model: onnx.ModelProto, amax: Mapping[str, float]) -> l
     for node in model.graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in inits:
             continue
-        source = node.input[0]
-        # With a FP16/BF16 high-precision graph ModelOpt casts the FP32 tensor first: name the original.
-        producer = producers.get(source)
-        if source not in amax and producer is not None and producer.op_type == "Cast":
-            source = producer.input[0]
+        source = _calibrated_name(node, producers, amax)
         scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64).reshape(-1)
         result.append((source, float(scale[0])))
     return result
