@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,46 +21,9 @@ from panoptic_deploy.engines.onnxruntime import (
     ort_precision_support,
     ort_settings,
 )
+from tiny_net import TinyNet, export_tiny
 
 INPUT_SHAPE = (1, 3, 16, 24)
-
-
-class TinyNet(torch.nn.Module):
-    """Conv-BN-ReLU trunk, a 1x1 head and a bilinear 2x upsample: two outputs of different shapes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = torch.nn.BatchNorm2d(8)
-        self.head = torch.nn.Conv2d(8, 2, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = torch.relu(self.bn(self.conv(x)))
-        upsampled = torch.nn.functional.interpolate(features, scale_factor=2.0, mode="bilinear")
-        return self.head(features), upsampled
-
-
-def export_tiny(path: Path, *, dynamic: bool = False) -> TinyNet:
-    """Export a TinyNet with random weights (and non-trivial BN statistics) to ``path``."""
-    model = TinyNet()
-    assert model.bn.running_mean is not None and model.bn.running_var is not None
-    with torch.no_grad():
-        model.bn.running_mean.uniform_(-0.5, 0.5)
-        model.bn.running_var.uniform_(0.5, 2.0)
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation
-        torch.onnx.export(
-            model,
-            (torch.randn(INPUT_SHAPE),),
-            str(path),
-            input_names=["image"],
-            output_names=["sem", "features"],
-            dynamic_axes={"image": {2: "height", 3: "width"}} if dynamic else None,
-            dynamo=False,
-            opset_version=17,
-        )
-    return model
 
 
 def save_model(path: Path, nodes: list[Any], initializers: list[Any], out_shape: list[int]) -> None:
@@ -115,7 +77,7 @@ def save_qdq_conv(path: Path, w_int8: np.ndarray, w_scale: float, b: np.ndarray,
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TinyNet]:
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    return path, export_tiny(path)
+    return path, export_tiny(path, INPUT_SHAPE)
 
 
 @pytest.fixture
@@ -237,7 +199,7 @@ def test_declared_precision_must_match_the_graph(
 
 
 def test_dynamic_input_is_refused(tmp_path: Path) -> None:
-    export_tiny(tmp_path / "dyn.onnx", dynamic=True)
+    export_tiny(tmp_path / "dyn.onnx", INPUT_SHAPE, dynamic=True)
     with pytest.raises(EngineError, match=r"input 'image' has dynamic shape \[1, 3, 'height', 'width'\]"):
         build_ort_engine(tmp_path / "dyn.onnx", tmp_path / "dyn.ort.onnx", precision="fp32", threads=1)
     assert not (tmp_path / "dyn.ort.onnx").exists()

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from panoptic_deploy.engines.tensorrt import (
     parse_trtexec_gpu_compute_ms,
     tensorrt_available,
 )
+from tiny_net import TinyNet, export_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 TRT_OK, TRT_REASON = tensorrt_available()
@@ -34,42 +34,11 @@ INPUT_SHAPE = (1, 3, 32, 48)
 WORKSPACE = 256 << 20
 
 
-class TinyNet(torch.nn.Module):
-    """Conv-BN-ReLU trunk, a 1x1 head and a bilinear 2x upsample: two outputs of different shapes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = torch.nn.BatchNorm2d(8)
-        self.head = torch.nn.Conv2d(8, 2, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = torch.relu(self.bn(self.conv(x)))
-        upsampled = torch.nn.functional.interpolate(features, scale_factor=2.0, mode="bilinear")
-        return self.head(features), upsampled
-
-
-def export_tiny(path: Path) -> TinyNet:
-    model = TinyNet().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation
-        torch.onnx.export(
-            model,
-            (torch.randn(INPUT_SHAPE),),
-            str(path),
-            input_names=["image"],
-            output_names=["sem", "features"],
-            dynamo=False,
-            opset_version=17,
-        )
-    return model
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, EngineSidecar, TinyNet]:
     """One FP32 engine of the tiny model, built with a timing cache."""
     folder = tmp_path_factory.mktemp("trt")
-    model = export_tiny(folder / "tiny.onnx")
+    model = export_tiny(folder / "tiny.onnx", INPUT_SHAPE)
     plan = folder / "tiny.plan"
     sidecar = build_trt_engine(
         folder / "tiny.onnx",
