@@ -312,6 +312,8 @@ def build_model(cfg: Any) -> PanopticFCN:
         )
     if not m.POSITION_HEAD.STUFF.WITH_THING:
         raise ConfigError("MODEL.POSITION_HEAD.STUFF.WITH_THING False is not supported")
+    if m.SEMANTIC_FPN.NORM != "GN":
+        raise ConfigError("MODEL.SEMANTIC_FPN.NORM must be 'GN'")
 
     bottom_up = ResNet(
         RESNET_STAGE_BLOCKS[resnets.DEPTH],
@@ -328,8 +330,6 @@ def build_model(cfg: Any) -> PanopticFCN:
         m.SEMANTIC_FPN.CONVS_DIM,
         m.SEMANTIC_FPN.COMMON_STRIDE,
     )
-    if m.SEMANTIC_FPN.NORM != "GN":
-        raise ConfigError("MODEL.SEMANTIC_FPN.NORM must be 'GN'")
     pos = m.POSITION_HEAD
     position_head = PositionHead(
         fpn_channels,
@@ -392,8 +392,6 @@ def inference_params_from_config(cfg: Any) -> InferenceParams:
 
 def input_params_from_config(cfg: Any) -> InputParams:
     """The test-time pre-processing of a loaded config (no model is built)."""
-    if isinstance(cfg.INPUT.MIN_SIZE_TEST, (tuple, list)):
-        raise ConfigError("INPUT.MIN_SIZE_TEST must be a single size at test time")
     if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
         raise ConfigError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported (BGR or RGB)")
     return InputParams(
