@@ -31,8 +31,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +51,7 @@ from panoptic_deploy.compare import (
 from panoptic_deploy.errors import PanopticDeployError, PanopticFormatError
 from panoptic_deploy.export import prepare_at_size
 from panoptic_deploy.fileio import atomic_path, file_sha256, write_text_atomic
+from panoptic_deploy.jsonfiles import load_schema, read_json, schema_problem
 from panoptic_deploy.modeling import INPUT_NAME, OUTPUT_NAMES, InferenceParams, InputParams, PanopticFCN
 from panoptic_deploy.preprocess import read_image
 
@@ -655,25 +654,14 @@ class BenchResult:
 # Schema, writing and reading
 
 
-@cache
 def bench_schema() -> dict[str, Any]:
     """The JSON schema of a benchmark result (draft 2020-12)."""
-    text = resources.files("panoptic_deploy").joinpath("schemas/bench.schema.json").read_text("utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
+    return load_schema("bench.schema.json")
 
 
 def bench_schema_problem(data: object) -> str | None:
     """One line naming the first schema violation (key path and message), or None if ``data`` is valid."""
-    import jsonschema
-    from jsonschema.exceptions import best_match
-
-    error = best_match(jsonschema.Draft202012Validator(bench_schema()).iter_errors(data))
-    if error is None:
-        return None
-    where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-    message = error.message if len(error.message) <= 200 else error.message[:200] + " ..."
-    return f"key '{where}': {message}"
+    return schema_problem(data, bench_schema())
 
 
 def write_bench(result: BenchResult, path: PathLike) -> None:
@@ -687,14 +675,7 @@ def write_bench(result: BenchResult, path: PathLike) -> None:
 
 def read_bench(path: PathLike) -> BenchResult:
     """Read and validate a benchmark result; :class:`BenchError` names the file and the offending key."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BenchError(f"{path}: cannot read benchmark result ({exc.strerror})") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BenchError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    data = read_json(path, "benchmark result", BenchError)
     problem = bench_schema_problem(data)
     if problem is not None:
         raise BenchError(f"{path}: invalid benchmark result: {problem}")

@@ -15,18 +15,15 @@ import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import onnx
-from jsonschema.exceptions import best_match
 
 from panoptic_deploy import __version__
 from panoptic_deploy.errors import PanopticDeployError
 from panoptic_deploy.fileio import file_sha256, write_text_atomic
+from panoptic_deploy.jsonfiles import load_schema, read_json, schema_problem
 
 SIDECAR_SCHEMA_VERSION = 1
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -116,24 +113,13 @@ class EngineSidecar:
         )
 
 
-@cache
 def sidecar_schema() -> dict[str, Any]:
     """The JSON schema of the sidecar (draft 2020-12)."""
-    text = (
-        resources.files("panoptic_deploy").joinpath("schemas/engine_sidecar.schema.json").read_text("utf-8")
-    )
-    schema: dict[str, Any] = json.loads(text)
-    return schema
+    return load_schema("engine_sidecar.schema.json")
 
 
 def _schema_problem(data: object) -> str | None:
-    """One line naming the first schema violation (key path and message), or None if ``data`` is valid."""
-    validator = jsonschema.Draft202012Validator(sidecar_schema())
-    error = best_match(validator.iter_errors(data))
-    if error is None:
-        return None
-    where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-    return f"key '{where}': {error.message}"
+    return schema_problem(data, sidecar_schema())
 
 
 def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
@@ -153,14 +139,7 @@ def write_sidecar(sidecar: EngineSidecar, path: str | os.PathLike[str]) -> None:
 
 def read_sidecar(path: str | os.PathLike[str]) -> EngineSidecar:
     """Read and validate a sidecar; :class:`EngineError` names the file and the offending key."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise EngineError(f"{path}: cannot read engine sidecar ({exc.strerror})") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EngineError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    data = read_json(path, "engine sidecar", EngineError)
     problem = _schema_problem(data)
     if problem is not None:
         raise EngineError(f"{path}: invalid engine sidecar: {problem}")
