@@ -513,3 +513,27 @@ def test_q_scales_map_back_through_a_retargeted_cast() -> None:
     [(tensor, found)] = _activation_q_scales(model, {"to_copy_7": 127.0 * float(scale)})
     assert tensor == "to_copy_7"
     assert found == pytest.approx(float(np.float16(scale)))
+
+
+def test_calibration_batches_fit_any_image_to_the_static_input(tmp_path: Path) -> None:
+    """Larger images are centre-cropped, smaller ones zero-padded; values are the model's normalisation."""
+    from PIL import Image
+
+    from panoptic_deploy.precision import calibration_batches
+
+    config = Path(__file__).parents[1] / "configs" / "PanopticFCN-R50-400-3x-FAST-nodeform.yaml"
+    opts = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
+    rng = np.random.default_rng()
+    wide = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)  # resized stays 64x96 -> cropped to 64x64
+    small = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)  # pads to 64x64 exactly
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    Image.fromarray(small).save(tmp_path / "small.png")
+    batches = list(
+        calibration_batches(config, [tmp_path / "wide.png", tmp_path / "small.png"], (64, 64), opts)
+    )
+    assert [b["image"].shape for b in batches] == [(1, 3, 64, 64), (1, 3, 64, 64)]
+    mean = np.array([123.675, 116.28, 103.53], np.float32)[:, None, None]
+    expected_wide = wide[:, 16:80, ::-1].transpose(2, 0, 1).astype(np.float32) - mean  # BGR, centre crop
+    np.testing.assert_array_equal(batches[0]["image"][0], expected_wide)
+    expected_small = small[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) - mean
+    np.testing.assert_array_equal(batches[1]["image"][0], expected_small)

@@ -723,3 +723,32 @@ def _check_activation_scales(
         want = trt_scale(amax[tensor])
         if not math.isclose(scale, want, rel_tol=1e-3):
             raise PrecisionError(f"{out}: Q scale of {tensor!r} is {scale}, {cache} gives {want}")
+
+
+def calibration_batches(
+    config: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]],
+    input_hw: Sequence[int],
+    opts: Sequence[str] = (),
+) -> Iterator[dict[str, npt.NDArray[np.float32]]]:
+    """Yield ``{"image": 1×3×H×W float32}`` per calibration image at the static size ``input_hw``.
+
+    Each image gets the model's test resize and normalisation, as an evaluation image does; a result larger
+    than the static input is centre-cropped to it, a smaller one zero-padded bottom/right (calibration images
+    need not share the evaluation images' aspect ratio).
+    """
+    from panoptic_deploy.config import load_config
+    from panoptic_deploy.modeling import INPUT_NAME
+    from panoptic_deploy.modeling.panoptic_fcn import input_params_from_config
+    from panoptic_deploy.preprocess import normalize_and_pad, read_image, resize_image
+
+    params = input_params_from_config(load_config(Path(config), opts))
+    height, width = (int(v) for v in input_hw)
+    for path in images:
+        resized = resize_image(read_image(path, params.input_format), params)
+        top = max(0, (resized.shape[0] - height) // 2)
+        left = max(0, (resized.shape[1] - width) // 2)
+        tensor = normalize_and_pad(resized[top : top + height, left : left + width], params).numpy()
+        batch = np.zeros((1, 3, height, width), dtype=np.float32)
+        batch[:, :, : tensor.shape[2], : tensor.shape[3]] = tensor
+        yield {INPUT_NAME: batch}
