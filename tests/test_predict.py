@@ -105,3 +105,11 @@ def test_wrong_checkpoint_is_one_line_error_and_writes_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "deformable" in err[0]
     assert not out.exists()
+
+
+def test_double_dash_ends_the_overrides(tmp_path: Path, weights: Path, images: list[Path]) -> None:
+    out = tmp_path / "out"
+    rc = main(["predict", "--config", str(CONFIG), "--weights", str(weights), "--output", str(out),
+               "--no-progress", "--opts", *OPTS, "--", str(images[0])])  # fmt: skip
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{images[0].stem}.json", f"{images[0].stem}.png"]

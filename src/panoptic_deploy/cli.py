@@ -193,7 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
     p.add_argument("--weights", required=True, help="checkpoint: detectron2 .pth or model-zoo .pkl")
     p.add_argument("--output", required=True, help="output folder for NAME.png and NAME.json")
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+    p.add_argument(
+        "--opts",
+        nargs="*",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides; they take every word up to the next option, so end them with -- or put "
+        "another option (e.g. --output) between them and the images",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("images", nargs="+", help="input images")
