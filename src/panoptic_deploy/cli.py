@@ -177,6 +177,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_opts(parser: argparse.ArgumentParser) -> None:
+    """detectron2-style ``KEY VALUE`` config overrides, the same on every subcommand."""
+    parser.add_argument(
+        "--opts",
+        nargs="*",
+        default=[],
+        metavar="KEY VALUE",
+        # nargs="*" also takes positional image paths that follow; say how to end the list.
+        help="config overrides; they take every word up to the next option, so end them with -- or put "
+        "another option between them and positional arguments",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panoptic-deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -186,21 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
     p.add_argument("--seed", type=int, required=True, help="recipe seed (the parity references use 1 and 3)")
     p.add_argument("--output", required=True, help="output checkpoint (.pth, detectron2 format)")
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+    _add_opts(p)
     p.set_defaults(func=_cmd_make_weights)
 
     p = sub.add_parser("predict", help="panoptic prediction to COCO panoptic PNG + JSON per image")
     p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
     p.add_argument("--weights", required=True, help="checkpoint: detectron2 .pth or model-zoo .pkl")
     p.add_argument("--output", required=True, help="output folder for NAME.png and NAME.json")
-    p.add_argument(
-        "--opts",
-        nargs="*",
-        default=[],
-        metavar="KEY VALUE",
-        help="config overrides; they take every word up to the next option, so end them with -- or put "
-        "another option (e.g. --output) between them and the images",
-    )
+    _add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("images", nargs="+", help="input images")
@@ -225,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input-hw", type=int, nargs=2, metavar=("H", "W"), help="network input (default: --image's)"
     )
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+    _add_opts(p)
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--exporter", choices=["auto", "dynamo", "legacy"], default="auto",
                    help="auto: dynamo, legacy TorchScript exporter if dynamo raises")  # fmt: skip
@@ -241,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="exported .onnx")
     p.add_argument("--output", required=True, help="simplified .onnx")
     p.add_argument("--config", required=True, help="config of the model (pre-processing of the check images)")
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+    _add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for the check")
     p.add_argument("images", nargs="+", help="images to check on (must pad to the model's input size)")
     p.set_defaults(func=_cmd_simplify)
@@ -254,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-hw", type=int, nargs=2, metavar=("H", "W"), help="network input (default: first image's)"
     )
     p.add_argument("--model", default=None, help="model name to record (default: the output file stem)")
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+    _add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("images", nargs="+", help="evaluation images (all must pad to the same size)")
     p.set_defaults(func=_cmd_reference)
@@ -278,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay a CUDA graph")
     p.add_argument("--tf32", choices=["on", "off"], default=None,
                    help="torch on CUDA: TF32 convolutions/matmuls (default: PyTorch's settings)")  # fmt: skip
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+    _add_opts(p)
     p.add_argument("images", nargs="*", help="evaluation images (default: the reference's)")
     p.set_defaults(func=_cmd_bench)
 
