@@ -119,3 +119,18 @@ def test_skipped_entries_are_checked() -> None:
     assert SkippedCombo("onnxruntime", "fp16", "slow").line() == "onnxruntime fp16: slow"
     with pytest.raises(BenchError, match=r"skipped\[1\]: needs keys backend, precision, reason"):
         skipped_from_json([{"backend": "a", "precision": "b", "reason": "c"}, {"backend": "x"}])
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "scale"),
+    [(10.0, 150.0, "linear"), (10.0, 199.0, "linear"), (10.0, 201.0, "log"), (0.0, 300.0, "log")],
+)
+def test_latency_axis_is_logarithmic_beyond_20x(low: float, high: float, scale: str) -> None:
+    from panoptic_deploy.report import _latency_axis, _new_figure
+
+    ax = _new_figure(4.0, 3.0).add_subplot()
+    _latency_axis(ax, low, high)
+    assert ax.get_xscale() == scale
+    lo, hi = ax.get_xlim()
+    assert hi > high
+    assert lo == 0.0 if scale == "linear" else 0.0 < lo < max(low, 1e-3)
