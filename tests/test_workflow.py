@@ -378,6 +378,19 @@ def test_demo_dry_run_lists_the_expected_jobs(tmp_path: Path) -> None:
     assert {"results/onnx/demo_416x416.onnx", "results/onnx/demo_416x608.int8.onnx"} <= outputs
     assert not (workdir / "results").exists()
 
+    # The GPU overlay passes the schema on top of the demo config; without CUDA its extra rows (torch FP16,
+    # torch.compile) are "not run" lines, so the plan is the same.
+    gpu = snakemake(
+        workdir, "--dry-run", "--cores", "16", "results/report.md", "--configfile", "config/gpu.yaml"
+    )
+    assert gpu.returncode == 0, _combined(gpu)
+    assert job_counts(gpu.stdout) == job_counts(proc.stdout)
+    bad = workdir / "config" / "bad_overlay.yaml"
+    bad.write_text("bench:\n  iterations: 0\n", encoding="utf-8")
+    proc = snakemake(workdir, "--dry-run", "--cores", "1", "results/report.md", "--configfile", str(bad))
+    assert proc.returncode != 0
+    assert "config key 'bench.iterations': 0 is less than the minimum of 1" in _combined(proc)
+
 
 # ------------------------------------------------------------------------------------------------------------
 # Bad configs stop at start
