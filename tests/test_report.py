@@ -112,6 +112,47 @@ def test_invalid_input_writes_nothing(art: pa.Artifacts, tmp_path: Path) -> None
         write_report([], tmp_path / "report.md")
 
 
+def test_trtexec_checks_sit_beside_the_row_that_ran_the_same_engine_file(
+    art: pa.Artifacts, tmp_path: Path
+) -> None:
+    from panoptic_deploy.engines.trtexec import TrtexecCheck, write_trtexec_check
+
+    assert art.bench_ort is not None
+    row = read_bench(art.bench_ort)
+    assert row.engine is not None
+    matched = tmp_path / "matched.json"
+    orphan = tmp_path / "orphan.json"
+    for path, sha, median in ((matched, row.engine.sha256, 0.5), (orphan, "cd" * 32, 2.0)):
+        write_trtexec_check(
+            TrtexecCheck(
+                engine=f"results/engines/tensorrt/k/{path.stem}.engine",
+                engine_sha256=sha,
+                trtexec="TensorRT.trtexec [TensorRT v100300]",
+                command=("trtexec",),
+                iterations=200,
+                cuda_graph=path is orphan,
+                gpu_compute_median_ms=median,
+                gpu_compute_mean_ms=median,
+                created="2026-11-25T22:00:00+00:00",
+            ),
+            path,
+        )
+    out = tmp_path / "r.md"
+    write_report([art.bench_ort], out, trtexec_files=[matched, orphan])
+    section = out.read_text(encoding="utf-8").split("## TensorRT engines timed by trtexec", 1)[1]
+    table = [line for line in section.split("##", 1)[0].splitlines() if line.startswith("| ")][1:]
+    ours = row.latency.network.p50_ms
+    assert table == [
+        f"| {pa.MODEL} onnxruntime fp32 | {ours:.2f} | 0.50 | {ours / 0.5:.2f}x | no | "
+        "TensorRT.trtexec [TensorRT v100300] |",
+        "| orphan.engine (no benchmark ran this file) | – | 2.00 | – | yes | "
+        "TensorRT.trtexec [TensorRT v100300] |",
+    ]
+    # Without checks there is no such section.
+    write_report([art.bench_ort], out)
+    assert "timed by trtexec" not in out.read_text(encoding="utf-8")
+
+
 def test_skipped_entries_are_checked() -> None:
     assert skipped_from_json([{"backend": "tensorrt", "precision": "fp16", "reason": "r"}]) == [
         SkippedCombo("tensorrt", "fp16", "r")

@@ -1,8 +1,8 @@
 """TensorRT backend.
 
 Tests marked ``tensorrt`` build and run real engines; they skip, with the reason, where TensorRT or a CUDA GPU
-is missing (everywhere in this project's CI). The unmarked tests run everywhere: the availability guard, the
-trtexec log parser, and the vendored TensorRT stubs (that mypy rejects what TensorRT 11 removed).
+is missing (everywhere in this project's CI). The unmarked tests run everywhere: the availability guard and
+the vendored TensorRT stubs (that mypy rejects what TensorRT 11 removed).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from panoptic_deploy.engines import EngineError, EngineSidecar, read_sidecar, si
 from panoptic_deploy.engines.tensorrt import (
     TrtRunner,
     build_trt_engine,
-    parse_trtexec_gpu_compute_ms,
     tensorrt_available,
 )
 from tiny_net import TinyNet, export_tiny
@@ -244,19 +243,6 @@ def test_stub_namespace_package_is_not_tensorrt(tmp_path: Path, monkeypatch: pyt
         reason
         == f"'tensorrt' ({tmp_path / 'tensorrt'}) has no Builder: a stub or namespace package, not TensorRT"
     )
-
-
-def test_parse_trtexec_summary() -> None:
-    # trtexec's performance summary as printed by TensorRT (line from a public trtexec log)
-    log = (
-        "[05/09/2022-06:27:25] [I] Enqueue Time: min = 0.00244141 ms, max = 0.0256348 ms, "
-        "mean = 0.00720864 ms\n"
-        "[05/09/2022-06:27:25] [I] GPU Compute Time: min = 2.05615 ms, max = 2.59482 ms, mean = 2.09467 ms, "
-        "median = 2.08276 ms, percentile(99%) = 2.58971 ms\n"
-    )
-    assert parse_trtexec_gpu_compute_ms(log) == 2.08276
-    with pytest.raises(EngineError, match="no 'GPU Compute Time' summary"):
-        parse_trtexec_gpu_compute_ms("[I] Throughput: 41.25 qps\n")
 
 
 # Lines of TensorRT 10.x-only API (removed in 11.x) and lines of API both versions share.

@@ -442,6 +442,12 @@ def _tensorrt_where_it_cannot_run(cfg: dict[str, Any], workdir: Path) -> None:
     cfg["backends"] = ["onnxruntime", "tensorrt"]
 
 
+def _trtexec_required_without_tensorrt(cfg: dict[str, Any], workdir: Path) -> None:
+    if _tensorrt_runs():
+        pytest.skip("TensorRT runs on this machine")
+    cfg.setdefault("tensorrt", {})["trtexec"] = True
+
+
 @pytest.mark.parametrize(
     ("break_config", "expected"),
     [
@@ -457,6 +463,10 @@ def _tensorrt_where_it_cannot_run(cfg: dict[str, Any], workdir: Path) -> None:
         (_unknown_precision, ["precisions.1", "'int4'"]),
         (_eval_image_of_another_size, ["model.input_sizes", "images/eval/astronaut.png", "[64, 64]"]),
         (_tensorrt_where_it_cannot_run, ["backends", "tensorrt was asked for but cannot run here"]),
+        (
+            _trtexec_required_without_tensorrt,
+            ["tensorrt.trtexec", "true, but the tensorrt backend does not run here"],
+        ),
     ],
     ids=lambda value: value.__name__.strip("_") if callable(value) else "",
 )

@@ -168,12 +168,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
             raise BenchError(f"{args.skipped}: cannot read the skipped-combination list ({exc})") from exc
         skipped = skipped_from_json(data["skipped"] if isinstance(data, dict) else data)
     summary = write_report(
-        args.bench, args.output, plots_dir=args.plots_dir, skipped=skipped, example_image=args.example_image
+        args.bench,
+        args.output,
+        plots_dir=args.plots_dir,
+        skipped=skipped,
+        example_image=args.example_image,
+        trtexec_files=args.trtexec,
     )
     print(
         f"wrote {summary.report} ({summary.rows} rows, {summary.skipped} skipped) "
         f"and {len(summary.plots)} plots"
     )
+    return 0
+
+
+def _cmd_trtexec(args: argparse.Namespace) -> int:
+    from panoptic_deploy.engines.trtexec import run_trtexec, write_trtexec_check
+
+    check, _ = run_trtexec(args.engine, iterations=args.iterations, cuda_graph=args.cuda_graph)
+    write_trtexec_check(check, args.output)
+    print(f"{args.engine}: trtexec GPU compute median {check.gpu_compute_median_ms} ms -> {args.output}")
     return 0
 
 
@@ -294,8 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skipped", default=None,
                    help="JSON list of {backend, precision, reason} that did not run here")  # fmt: skip
     p.add_argument("--example-image", default=None, help="evaluation image to show (default: the first)")
+    p.add_argument("--trtexec", action="append", default=[], metavar="JSON",
+                   help="a trtexec cross-check (panoptic-deploy trtexec) to show; repeatable")  # fmt: skip
     p.add_argument("bench", nargs="+", help="benchmark JSON files")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("trtexec", help="time a TensorRT engine with NVIDIA trtexec (must be on PATH)")
+    p.add_argument("engine", help="TensorRT engine (plan) file")
+    p.add_argument("--output", required=True, help="cross-check .json (for report --trtexec)")
+    p.add_argument("--iterations", type=int, default=200, help="minimum timed inferences (default 200)")
+    p.add_argument("--cuda-graph", action="store_true", help="replay a CUDA graph (trtexec --useCudaGraph)")
+    p.set_defaults(func=_cmd_trtexec)
     return parser
 
 

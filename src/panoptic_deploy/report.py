@@ -30,6 +30,7 @@ from panoptic_deploy.bench import (
     ImagePanoptic,
     read_bench,
 )
+from panoptic_deploy.engines.trtexec import TrtexecCheck, read_trtexec_check
 from panoptic_deploy.fileio import atomic_path, write_text_atomic
 
 PathLike = str | os.PathLike[str]
@@ -371,6 +372,32 @@ def plot_panoptic(rows: Sequence[BenchResult], path: Path, example: str | None) 
     return stem
 
 
+def _trtexec_lines(rows: Sequence[BenchResult], checks: Sequence[TrtexecCheck]) -> list[str]:
+    """The trtexec section: each check beside the benchmark row that ran the same engine file (by SHA-256)."""
+    by_sha = {r.engine.sha256: r for r in rows if r.engine is not None}
+    lines = [
+        "## TensorRT engines timed by trtexec",
+        "",
+        "Ours: the network p50 of the benchmark above (CUDA events around `execute_async_v3`, one image at a "
+        "time). trtexec: the median GPU compute time of the same engine file on random inputs, inferences "
+        "enqueued back to back, no host copies. A ratio well above 1 is host overhead on our side.",
+        "",
+        "| row | ours p50 ms | trtexec GPU compute median ms | ours / trtexec | CUDA graph | trtexec |",
+        "|---|---|---|---|---|---|",
+    ]
+    for check in checks:
+        row = by_sha.get(check.engine_sha256)
+        label = _label(row, True) if row else f"{Path(check.engine).name} (no benchmark ran this file)"
+        ours = row.latency.network.p50_ms if row else None
+        ratio = f"{ours / check.gpu_compute_median_ms:.2f}x" if ours else "–"
+        graph = "yes" if check.cuda_graph else "no"
+        lines.append(
+            f"| {label} | {_fmt(ours, 2)} | {check.gpu_compute_median_ms:.2f} | {ratio} | {graph} | "
+            f"{check.trtexec} |"
+        )
+    return [*lines, ""]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The report
 
@@ -381,6 +408,7 @@ def write_report(
     plots_dir: PathLike | None = None,
     skipped: Sequence[SkippedCombo | Mapping[str, Any]] = (),
     example_image: str | None = None,
+    trtexec_files: Sequence[PathLike] = (),
 ) -> ReportSummary:
     """Write the Markdown report ``output`` and its PNG plots into ``plots_dir`` (default: a folder named like
     ``output`` without suffix, e.g. ``results/report/`` for ``results/report.md``).
@@ -388,12 +416,15 @@ def write_report(
     ``bench_files``: benchmark JSONs (validated on read). ``skipped``: combinations that did not run here, as
     :class:`SkippedCombo` or ``{"backend", "precision", "reason"}`` dicts; each becomes one plain line.
     ``example_image``: file name or stem of the evaluation image to show per row (default: the first).
+    ``trtexec_files``: trtexec cross-checks (:mod:`panoptic_deploy.engines.trtexec`), set beside the
+    benchmark row that ran the same engine file.
     """
     output = Path(output)
     plots = Path(plots_dir) if plots_dir is not None else output.with_suffix("")
     if not bench_files:
         raise BenchError(f"{output}: no benchmark results to report")
     rows = sorted((read_bench(p) for p in bench_files), key=_row_key)
+    checks = [read_trtexec_check(p) for p in trtexec_files]
     skipped_list = [s if isinstance(s, SkippedCombo) else skipped_from_json([s])[0] for s in skipped]
     models = sorted({r.model for r in rows})
     with_model = len(models) > 1
@@ -453,6 +484,8 @@ def write_report(
             lines += ["Notes:", ""]
             lines += [f"- {_label(r, False)}: {note}" for r, note in notes]
             lines.append("")
+    if checks:
+        lines += _trtexec_lines(rows, checks)
     lines += [
         "## Not run on this machine",
         "",

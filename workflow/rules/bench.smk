@@ -58,3 +58,28 @@ rule bench_engine:
         version=PACKAGE_VERSION,
     script:
         "../scripts/bench.py"
+
+
+if TRTEXEC:
+
+    rule trtexec_tensorrt:
+        """NVIDIA trtexec times the same engine file (the C++ path): its GPU compute time beside ours."""
+        input:
+            engine=f"results/engines/tensorrt/{DEVICE_KEYS['tensorrt']}/{{model}}.{{precision}}.engine",
+        output:
+            f"results/trtexec/{DEVICE_KEYS['tensorrt']}/{{model}}.{{precision}}.json",
+        log:
+            "results/logs/trtexec_tensorrt/{model}.{precision}.log",
+        benchmark:
+            "results/benchmarks/trtexec_tensorrt/{model}.{precision}.tsv"
+        conda:
+            CONDA_ENV
+        resources:
+            gpu=1,
+            mem_mb=4000,
+        params:
+            iterations=config["tensorrt"]["trtexec_iterations"],
+            cuda_graph=config["tensorrt"]["cuda_graph"],
+            version=PACKAGE_VERSION,
+        script:
+            "../scripts/trtexec_tensorrt.py"

@@ -13,6 +13,7 @@ ONNX models, engines and benchmarks, evaluated on the images of that size.
 import importlib.util
 import platform
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +241,30 @@ if example is not None and example not in {Path(f).name for f in EVAL_IMAGES}:
 ENGINE_BACKENDS, SKIPPED = resolve_backends()
 DEVICE_KEYS = {backend: device_key(backend) for backend in ENGINE_BACKENDS}
 
+
+def trtexec_cross_check():
+    """Whether the trtexec rule runs: config 'tensorrt.trtexec' with TensorRT among the backends."""
+    setting = config["tensorrt"]["trtexec"]
+    if setting is False:
+        return False
+    if "tensorrt" not in ENGINE_BACKENDS:
+        if setting is True:
+            raise ConfigError(
+                "config key 'tensorrt.trtexec': true, but the tensorrt backend does not run here "
+                f"(backends: {', '.join(ENGINE_BACKENDS)})"
+            )
+        return False
+    if shutil.which("trtexec") is None:
+        if setting is True:
+            raise ConfigError("config key 'tensorrt.trtexec': true, but trtexec is not on PATH")
+        reason = "not on PATH, so no engine was cross-checked with it"
+        SKIPPED.append({"backend": "trtexec", "precision": "all", "reason": reason})
+        return False
+    return True
+
+
+TRTEXEC = trtexec_cross_check()
+
 # Benchmark rows: every torch backend × precision and engine backend × precision that runs on this machine
 # (bench.combo_support); the others become plain "not run here" lines of the report.
 TORCH_BACKENDS = ["torch", "torch_compile"] if config["bench"]["torch_compile"] else ["torch"]
@@ -322,6 +347,18 @@ def bench_files():
         f"results/bench/{backend}/{model}.{precision}.json"
         for model in MODELS
         for backend, precision in BENCH_ROWS
+    ]
+
+
+def trtexec_files():
+    """Every trtexec cross-check the report needs (none unless the trtexec rule runs)."""
+    if not TRTEXEC:
+        return []
+    return [
+        f"results/trtexec/{DEVICE_KEYS['tensorrt']}/{model}.{precision}.json"
+        for model in MODELS
+        for backend, precision in BENCH_ROWS
+        if backend == "tensorrt"
     ]
 
 

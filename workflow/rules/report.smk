@@ -1,11 +1,13 @@
 # Stage report: results/report.md with the environment, one table row per model branch × backend × precision,
 # plots under results/report/, each branch's example image per row, and one plain line for every combination
-# that could not run on this machine and why (config 'backends' and bench.combo_support).
+# that could not run on this machine and why (config 'backends' and bench.combo_support); with trtexec, its
+# timing of each TensorRT engine beside ours.
 
 
 rule report:
     input:
-        bench_files(),
+        bench=bench_files(),
+        trtexec=trtexec_files(),
     output:
         report="results/report.md",
         latency="results/report/latency.png",

@@ -1,4 +1,5 @@
-"""Rule report: results/report.md and its plots from the benchmark JSONs, plus what did not run here."""
+"""Rule report: results/report.md and its plots from the benchmark JSONs (and trtexec cross-checks), plus
+what did not run here."""
 
 import logging
 import sys
@@ -15,10 +16,11 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from panoptic_deploy.report import write_report  # noqa: E402
 
 summary = write_report(
-    snakemake.input,
+    snakemake.input.bench,
     snakemake.output.report,
     plots_dir=Path(snakemake.output.latency).parent,
     skipped=snakemake.params.skipped,
     example_image=snakemake.params.example_image,
+    trtexec_files=snakemake.input.trtexec,
 )
 print(summary)

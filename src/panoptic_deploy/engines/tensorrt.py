@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
 import statistics
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -516,32 +513,3 @@ class TrtRunner:
             io_buffer_bytes=sum(b.numel() * b.element_size() for b in buffers),
             torch_peak_allocated_bytes=int(torch.cuda.max_memory_allocated(self.device)),
         )
-
-
-# ----------------------------------------------------------------------------------------------------
-# Optional cross-check with NVIDIA's trtexec, where it is installed.
-
-_GPU_COMPUTE = re.compile(
-    r"GPU Compute Time: min = [\d.]+ ms, max = [\d.]+ ms, mean = [\d.]+ ms, median = ([\d.]+) ms"
-)
-
-
-def parse_trtexec_gpu_compute_ms(log: str) -> float:
-    """Median of trtexec's "GPU Compute Time" summary line, in ms."""
-    match = _GPU_COMPUTE.search(log)
-    if match is None:
-        raise EngineError("trtexec output has no 'GPU Compute Time' summary")
-    return float(match.group(1))
-
-
-def trtexec_compute_ms(engine_path: str | os.PathLike[str], *, iterations: int = 100) -> float:
-    """Median GPU compute time of ``engine_path`` from ``trtexec --loadEngine`` (trtexec must be on PATH)."""
-    exe = shutil.which("trtexec")
-    if exe is None:
-        raise EngineError(f"{engine_path}: trtexec is not on PATH")
-    cmd = [exe, f"--loadEngine={engine_path}", f"--iterations={iterations}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
-        raise EngineError(f"{engine_path}: trtexec exited with {proc.returncode}: {tail[0]}")
-    return parse_trtexec_gpu_compute_ms(proc.stdout)

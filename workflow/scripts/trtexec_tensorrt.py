@@ -1,0 +1,24 @@
+"""Rule trtexec_tensorrt: trtexec's GPU compute time of one TensorRT engine as JSON, its output in the log."""
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakemake.iocontainers import snakemake
+
+# First: everything this job prints, warns or raises goes to its log file.
+sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding="utf-8")  # noqa: SIM115
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+from panoptic_deploy.engines.trtexec import run_trtexec, write_trtexec_check  # noqa: E402
+
+check, output = run_trtexec(
+    snakemake.input.engine,
+    iterations=snakemake.params.iterations,
+    cuda_graph=snakemake.params.cuda_graph,
+)
+print(output)
+write_trtexec_check(check, snakemake.output[0])
+print(f"{check.engine}: trtexec GPU compute median {check.gpu_compute_median_ms} ms")
