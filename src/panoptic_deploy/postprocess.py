@@ -71,9 +71,9 @@ def stuff_label_map(
     if present.numel() == 0:
         return torch.zeros(orig_size, dtype=torch.int64, device=stuff_probs.device)
     resized = resize_to_original(stuff_probs[present], image_size, orig_size)
-    best_index = resized.argmax(dim=0)  # first maximum wins, as in the official arg-max
+    best_index, best = channel_argmax(resized)  # first maximum wins, as in the official arg-max
     labels = present[best_index]
-    underflow = resized.amax(dim=0) <= 0
+    underflow = best <= 0
     if bool(underflow.any()):
         # Probabilities that underflow to 0 everywhere: the official arg-max over all 54 channels then
         # picks the lowest channel, present or absent.
@@ -81,6 +81,24 @@ def stuff_label_map(
         lowest = min(int(present[0]), int(absent[0])) if absent.numel() else int(present[0])
         labels = torch.where(underflow, torch.full_like(labels, lowest), labels)
     return labels
+
+
+def channel_argmax(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """C×H×W -> (index H×W int64 of the first maximum over C, as ``argmax(dim=0)``; that maximum H×W).
+
+    On a CPU, torch's reduction over the outer dimension of a C×H×W tensor is slow (87 ms for 53×512×512 on
+    2 threads); a running maximum over the contiguous channel planes gives the same indices in 28 ms. With a
+    NaN (a broken backend) the two could differ, so such maps take ``argmax``. On a GPU ``argmax`` is one
+    kernel and stays.
+    """
+    if maps.device.type != "cpu" or bool(torch.isnan(maps).any()):
+        return maps.argmax(dim=0), maps.amax(dim=0)
+    best = maps[0].clone()
+    index = torch.zeros(maps.shape[1:], dtype=torch.int64)
+    for channel in range(1, maps.shape[0]):
+        index.masked_fill_(maps[channel] > best, channel)  # strictly greater: the first maximum stays
+        torch.maximum(best, maps[channel], out=best)
+    return index, best
 
 
 def postprocess(
@@ -140,44 +158,30 @@ def merge_panoptic(
     stuff_label H×W -> (panoptic H×W int32, segments).
     """
     device = stuff_label.device
-    # The loop stays on the device without host synchronisation: each step only queues tensor ops, and
-    # the accept decisions are read back once at the end.
-    owner = torch.zeros(stuff_label.shape, dtype=torch.int64, device=device)  # instance index + 1, 0 = free
-    taken = torch.zeros(stuff_label.shape, dtype=torch.bool, device=device)
-    areas = masks.flatten(1).sum(dim=1).to(torch.float64)
-    accepted = []
-    for index in range(masks.shape[0]):
-        mask = masks[index]
-        overlap = (mask & taken).sum().to(torch.float64)
-        ok = (areas[index] > 0) & ~(overlap / areas[index].clamp(min=1) > params.overlap_thresh)
-        new = mask & ~taken & ok
-        owner = torch.where(new, index + 1, owner)
-        taken = taken | new
-        accepted.append(ok)
+    greedy = greedy_things_batched if device.type == "cuda" else greedy_things_sequential
+    accepted, owner = greedy(masks, params.overlap_thresh)
 
     segments: list[Segment] = []
     lookup = torch.zeros(masks.shape[0] + 1, dtype=torch.int32, device=device)
     if accepted:
-        ok_list = torch.stack(accepted).tolist()
         pixel_counts = torch.bincount(owner.flatten(), minlength=masks.shape[0] + 1).tolist()
         class_list, score_list = classes.tolist(), scores.tolist()
-        for index, ok_flag in enumerate(ok_list):
-            if ok_flag:
-                segment_id = len(segments) + 1
-                lookup[index + 1] = segment_id
-                segments.append(
-                    Segment(
-                        segment_id,
-                        int(class_list[index]),
-                        True,
-                        int(pixel_counts[index + 1]),
-                        float(score_list[index]),
-                        index,
-                    )
+        for index in accepted:
+            segment_id = len(segments) + 1
+            lookup[index + 1] = segment_id
+            segments.append(
+                Segment(
+                    segment_id,
+                    int(class_list[index]),
+                    True,
+                    int(pixel_counts[index + 1]),
+                    float(score_list[index]),
+                    index,
                 )
+            )
     panoptic = lookup[owner]
 
-    free = ~taken
+    free = owner == 0
     num_labels = int(stuff_label.max()) + 1
     free_counts = torch.bincount(stuff_label[free], minlength=num_labels).tolist()
     stuff_lookup = torch.zeros(num_labels, dtype=torch.int32, device=device)
@@ -189,6 +193,67 @@ def merge_panoptic(
         segments.append(Segment(segment_id, label, False, int(free_counts[label])))
     panoptic = torch.where(free, stuff_lookup[stuff_label], panoptic)
     return panoptic, segments
+
+
+# The greedy thing merge, two exact ways. Instance i (in score order) is accepted when its mask is not empty
+# and overlap_i / area_i <= OVERLAP_THRESH, where overlap_i counts its pixels already taken by accepted
+# instances before it; it then owns its pixels that are still free. Both return the accepted indices and the
+# owner map H×W int64 (index + 1, 0 = free); tests/test_postprocess.py holds them equal.
+
+
+def _rejects(overlap: torch.Tensor, area: torch.Tensor, overlap_thresh: float) -> torch.Tensor:
+    """The official test, in float64 as the official code divides: empty, or too much already taken."""
+    return (area <= 0) | (overlap / area.clamp(min=1) > overlap_thresh)
+
+
+def greedy_things_sequential(masks: torch.Tensor, overlap_thresh: float) -> tuple[list[int], torch.Tensor]:
+    """One instance at a time, deciding on the host: cheap where a host read is free (CPU tensors).
+
+    A rejected instance (most of them: duplicates) costs two passes over its mask; an accepted one four.
+    """
+    owner = torch.zeros(masks.shape[1:], dtype=torch.int64, device=masks.device)
+    taken = torch.zeros(masks.shape[1:], dtype=torch.bool, device=masks.device)
+    accepted: list[int] = []
+    for index in range(masks.shape[0]):
+        mask = masks[index]
+        # Per mask: torch's CPU reduction of an N×(H·W) bool tensor along dim 1 is ~20x slower than N
+        # reductions of its contiguous rows (110 vs 6 ms for 94 masks of 512×512, 2 threads).
+        area = torch.count_nonzero(mask).to(torch.float64)
+        overlap = torch.count_nonzero(mask & taken).to(torch.float64)
+        if bool(_rejects(overlap, area, overlap_thresh)):
+            continue
+        owner.masked_fill_(mask & ~taken, index + 1)
+        taken |= mask
+        accepted.append(index)
+    return accepted, owner
+
+
+def greedy_things_batched(masks: torch.Tensor, overlap_thresh: float) -> tuple[list[int], torch.Tensor]:
+    """Accepted instance by accepted instance: for GPUs, where each kernel launch and host read costs.
+
+    ``taken`` changes only when an instance is accepted, so the overlaps of all later instances with it are
+    computed in one batched pass; every instance before the first that passes is rejected, that one is
+    accepted, and the search goes on after it. One host read per accepted instance (plus one), a handful of
+    kernels each, instead of about fifteen kernels per instance.
+    """
+    owner = torch.zeros(masks.shape[1:], dtype=torch.int64, device=masks.device)
+    taken = torch.zeros(masks.shape[1:], dtype=torch.bool, device=masks.device)
+    areas = masks.flatten(1).sum(dim=1, dtype=torch.float64)
+    accepted: list[int] = []
+    start = 0
+    while start < masks.shape[0]:
+        rest = masks[start:]
+        overlaps = (rest & taken).flatten(1).sum(dim=1, dtype=torch.float64)
+        passing = torch.nonzero(~_rejects(overlaps, areas[start:], overlap_thresh))[:1].flatten().tolist()
+        if not passing:
+            break
+        index = start + int(passing[0])
+        mask = masks[index]
+        owner.masked_fill_(mask & ~taken, index + 1)
+        taken |= mask
+        accepted.append(index)
+        start = index + 1
+    return accepted, owner
 
 
 def _as_tensors(outputs: NetworkOutputs | Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
