@@ -271,7 +271,10 @@ def test_compile_falls_back_to_the_heads_when_the_whole_network_fails(
         def decode(self, heads: torch.Tensor) -> torch.Tensor:
             return heads * 2
 
-    def fake_compile(fn: Any) -> Any:
+    modes: list[str] = []
+
+    def fake_compile(fn: Any, mode: str = "default") -> Any:
+        modes.append(mode)
         if isinstance(fn, torch.nn.Module):
 
             def fail(x: torch.Tensor) -> torch.Tensor:
@@ -282,10 +285,11 @@ def test_compile_falls_back_to_the_heads_when_the_whole_network_fails(
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     notes: list[str] = []
-    network = bench._CompiledNetwork(Net(), notes)  # type: ignore[arg-type]
+    network = bench._CompiledNetwork(Net(), notes, "reduce-overhead")  # type: ignore[arg-type]
     x = torch.arange(3.0)
     assert network(x).tolist() == [2.0, 4.0, 6.0]
     assert network(x).tolist() == [2.0, 4.0, 6.0]
+    assert modes == ["reduce-overhead", "reduce-overhead"]  # the whole network, then forward_heads
     assert notes == [
         "torch.compile of the whole network failed (CodegenError: list indices must be integers); compiled "
         "forward_heads (backbone, FPN, heads) only, the fixed-size decode runs eagerly"
@@ -293,3 +297,10 @@ def test_compile_falls_back_to_the_heads_when_the_whole_network_fails(
     network.fn = lambda x: (_ for _ in ()).throw(CodegenError("again"))
     with pytest.raises(CodegenError, match="again"):
         network(x)
+
+
+def test_unknown_compile_mode_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match=r"^compile mode 'fast' is not one of default, reduce-overhead, "):
+        run_bench(
+            "torch_compile", "fp32", config="no.yaml", reference=tmp_path / "none.npz", compile_mode="fast"
+        )

@@ -60,6 +60,9 @@ PathLike = str | os.PathLike[str]
 BENCH_SCHEMA_VERSION = 1
 REFERENCE_FORMAT_VERSION = 1
 BENCH_BACKENDS = ("torch", "torch_compile", "onnxruntime", "tensorrt")
+# torch.compile modes: "reduce-overhead" adds CUDA graphs (what a batch-1 latency user picks); the
+# max-autotune modes autotune kernels for minutes.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BENCH_PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -721,11 +724,12 @@ class _CompiledNetwork:
     goes, and runs the decode eagerly. The note says which happened.
     """
 
-    def __init__(self, model: PanopticFCN, notes: list[str]) -> None:
+    def __init__(self, model: PanopticFCN, notes: list[str], mode: str = "default") -> None:
         self.model = model
         self.notes = notes
+        self.mode = mode
         self.fell_back = False
-        self.fn: Callable[[torch.Tensor], Any] = torch.compile(model)
+        self.fn: Callable[[torch.Tensor], Any] = torch.compile(model, mode=mode)
 
     def _heads_then_decode(self, heads: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], Any]:
         return lambda x: self.model.decode(heads(x))
@@ -745,7 +749,7 @@ class _CompiledNetwork:
                 f"torch.compile of the whole network failed ({type(exc).__name__}: {first}); compiled "
                 "forward_heads (backbone, FPN, heads) only, the fixed-size decode runs eagerly"
             )
-            self.fn = self._heads_then_decode(torch.compile(self.model.forward_heads))
+            self.fn = self._heads_then_decode(torch.compile(self.model.forward_heads, mode=self.mode))
             return self.fn(x)
 
 
@@ -757,6 +761,7 @@ def _torch_runner(
     weights: PathLike | None,
     opts: Sequence[str],
     allow_tf32: bool | None,
+    compile_mode: str = "default",
 ) -> _Runner:
     from panoptic_deploy.predict import load_model
 
@@ -766,8 +771,12 @@ def _torch_runner(
     notes: list[str] = []
     network: Callable[[torch.Tensor], Any] = model
     if backend == "torch_compile":
-        network = _CompiledNetwork(model, notes)
-        notes.append("torch.compile (default mode, Inductor); compilation happens in the first warm-up run")
+        network = _CompiledNetwork(model, notes, compile_mode)
+        graphs = " with CUDA graphs" if compile_mode == "reduce-overhead" else ""
+        notes.append(
+            f"torch.compile ({compile_mode} mode{graphs}, Inductor); compilation happens in the first "
+            "warm-up run"
+        )
     autocast = precision == "fp16"
     if autocast:
         notes.append("FP16 through torch.autocast(float16): FP32 weights and I/O, autocast op lists")
@@ -937,6 +946,7 @@ def run_bench(
     gt_dir: PathLike | None = None,
     cuda_graph: bool = False,
     allow_tf32: bool | None = None,
+    compile_mode: str = "default",
 ) -> BenchResult:
     """Benchmark ``backend`` × ``precision`` and write the result to ``output`` (JSON, if given).
 
@@ -946,10 +956,13 @@ def run_bench(
     give the pre- and post-processing. ``threads``: torch intra-op threads and ONNX Runtime intra-op threads.
     ``gt_json``/``gt_dir``: COCO panoptic ground truth whose annotation file stems equal the image stems.
     ``allow_tf32`` (torch backends on CUDA): None keeps PyTorch's settings (TF32 convolutions), False gives
-    strict FP32 convolutions and matrix products, True TF32 for both.
+    strict FP32 convolutions and matrix products, True TF32 for both. ``compile_mode`` (torch_compile): one of
+    :data:`COMPILE_MODES`, passed to ``torch.compile``.
     """
     if warmup < 0 or iterations < 1:
         raise BenchError(f"need warmup >= 0 and iterations >= 1, got {warmup} and {iterations}")
+    if compile_mode not in COMPILE_MODES:
+        raise BenchError(f"compile mode {compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
     device = device or default_device(backend)
     ok, reason = combo_support(backend, precision, device)
     if not ok:
@@ -979,7 +992,9 @@ def run_bench(
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         if backend in ("torch", "torch_compile"):
-            runner = _torch_runner(backend, precision, device, config, weights, opts, allow_tf32)
+            runner = _torch_runner(
+                backend, precision, device, config, weights, opts, allow_tf32, compile_mode
+            )
         else:
             if engine is None:
                 raise BenchError(f"{backend}: an engine file is needed")

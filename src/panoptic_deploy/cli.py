@@ -138,6 +138,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         gt_json=args.gt_json,
         gt_dir=args.gt_dir,
         cuda_graph=args.cuda_graph,
+        compile_mode=args.compile_mode,
         allow_tf32=None if args.tf32 is None else args.tf32 == "on",
     )
     net = result.latency.network
@@ -296,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt-json", default=None, help="COCO panoptic ground-truth JSON (optional)")
     p.add_argument("--gt-dir", default=None, help="folder of ground-truth PNGs (with --gt-json)")
     p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay a CUDA graph")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch_compile: torch.compile mode: default, reduce-overhead (CUDA graphs), "
+                   "max-autotune, max-autotune-no-cudagraphs")  # fmt: skip
     p.add_argument("--tf32", choices=["on", "off"], default=None,
                    help="torch on CUDA: TF32 convolutions/matmuls (default: PyTorch's settings)")  # fmt: skip
     _add_opts(p)

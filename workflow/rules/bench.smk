@@ -26,6 +26,7 @@ rule bench_torch:
         warmup=config["bench"]["warmup"],
         iterations=config["bench"]["iterations"],
         threads=config["bench"]["threads"],
+        compile_mode=config["bench"]["torch_compile_mode"],
         version=PACKAGE_VERSION,
     script:
         "../scripts/bench.py"

@@ -32,6 +32,7 @@ result = run_bench(
     gt_json=snakemake.input.get("gt_json"),
     gt_dir=snakemake.input.get("gt_dir"),
     cuda_graph=snakemake.params.get("cuda_graph", False),
+    compile_mode=snakemake.params.get("compile_mode", "default"),
 )
 print(
     f"wrote {snakemake.output[0]}: network p50 {result.latency.network.p50_ms:.1f} ms, "
