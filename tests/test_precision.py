@@ -8,6 +8,7 @@ normalised like the real model (BGR minus the detectron2 pixel mean, values abou
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -218,6 +219,9 @@ def test_fp16_keep_fp32_op_types_are_respected(fp32_model: Path, tmp_path: Path)
     model = onnx.load(str(out))
     kept_ops = {n.op_type for n in model.graph.node if n.name in report.nodes_kept_fp32}
     assert {"MatMul", "Sigmoid"} <= kept_ops
+    with pytest.raises(PrecisionError, match=r"tiny\.sim\.onnx: keep FP32: no node of op type 'Softmax'"):
+        convert_fp16(fp32_model, out.with_name("x.onnx"), None, keep_fp32_op_types=["Softmax"])
+    assert not out.with_name("x.onnx").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -465,6 +469,45 @@ def test_int8_errors(fp32_model: Path, entropy_cache: Path, tmp_path: Path) -> N
     foreign.write_text(f"{CACHE_MAGIC}\nnot_a_tensor: 1.0\n")
     with pytest.raises(PrecisionError, match="no Q/DQ inserted"):
         quantize_int8(fp32_model, foreign, out)
+    assert not out.exists()
+
+
+def _dq_fed(model: onnx.ModelProto, op_type: str) -> dict[str, bool]:
+    """Node name -> whether any input of that node comes from a DequantizeLinear, for nodes of ``op_type``."""
+    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name: any(i in dq_outputs for i in n.input) for n in model.graph.node if n.op_type == op_type}
+
+
+def test_int8_exclusions_keep_those_nodes_unquantized(
+    fp32_model: Path, entropy_cache: Path, tmp_path: Path
+) -> None:
+    full = tmp_path / "full.onnx"
+    quantize_int8(fp32_model, entropy_cache, full, high_precision="fp32")
+    convs = _dq_fed(onnx.load(str(full)), "Conv")
+    assert len(convs) >= 2 and all(convs.values())  # every Conv reads Q/DQ inputs without exclusions
+
+    no_conv = tmp_path / "no_conv.onnx"
+    report = quantize_int8(
+        fp32_model, entropy_cache, no_conv, high_precision="fp32", exclude_op_types=["Conv"]
+    )
+    assert not any(_dq_fed(onnx.load(str(no_conv)), "Conv").values())
+    assert report.qdq_pairs > 0
+    assert any(_dq_fed(onnx.load(str(no_conv)), "MatMul").values())  # the MatMul is still quantized
+
+    first = sorted(convs)[0]
+    one = tmp_path / "one.onnx"
+    quantize_int8(fp32_model, entropy_cache, one, high_precision="fp32", exclude_nodes=[re.escape(first)])
+    fed = _dq_fed(onnx.load(str(one)), "Conv")
+    assert not fed[first] and all(v for k, v in fed.items() if k != first)
+
+    out = tmp_path / "bad.onnx"
+    for kwargs, message in (
+        ({"exclude_op_types": ["Softmax"]}, "no node of op type 'Softmax' in the model"),
+        ({"exclude_nodes": ["("]}, "'(' is not a regular expression"),
+        ({"exclude_nodes": [first[:-1]]}, f"no node name matches {first[:-1]!r}"),  # a prefix is no match
+    ):
+        with pytest.raises(PrecisionError, match=r"tiny\.sim\.onnx: INT8 exclusion: " + re.escape(message)):
+            quantize_int8(fp32_model, entropy_cache, out, **kwargs)  # type: ignore[arg-type]
     assert not out.exists()
 
 

@@ -279,13 +279,15 @@ def convert_fp16(
     ``calibration_inputs`` (one batch, e.g. ``{"image": 1×3×H×W float32}``) is run through the FP32 model;
     nodes reading or writing values beyond ``data_max`` stay FP32 (FP16 max is 65504; the margin covers
     accumulations). Without it AutoCast uses random inputs, which miss image-scale ranges: pass a real image.
-    ``keep_fp32_op_types`` / ``keep_fp32_nodes`` (node-name regexes) force more nodes to stay FP32.
+    ``keep_fp32_op_types`` / ``keep_fp32_nodes`` (regular expressions, full match on node names) force more
+    nodes to stay FP32; each must match a node of ``onnx_in``.
     """
     import onnx
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
     started = time.perf_counter()
     src = _load_model(onnx_in)
+    keep_patterns = _check_exclusions(src, keep_fp32_op_types, keep_fp32_nodes, f"{onnx_in}: keep FP32")
     with tempfile.TemporaryDirectory(prefix="panoptic-fp16.") as tmp:
         calib_path = None
         if calibration_inputs is not None:
@@ -301,7 +303,7 @@ def convert_fp16(
                 calibration_data=calib_path,
                 data_max=data_max,
                 op_types_to_exclude=list(keep_fp32_op_types) or None,
-                nodes_to_exclude=list(keep_fp32_nodes) or None,
+                nodes_to_exclude=keep_patterns or None,
                 providers=["cpu"],
             )
     _check_io_types(src, model, str(onnx_out))
@@ -604,7 +606,13 @@ def format_tensorrt_cache(amax: Mapping[str, float]) -> str:
 
 
 def quantize_int8(
-    onnx_in: PathLike, cache: PathLike, onnx_out: PathLike, high_precision: str = "fp16"
+    onnx_in: PathLike,
+    cache: PathLike,
+    onnx_out: PathLike,
+    high_precision: str = "fp16",
+    *,
+    exclude_op_types: Sequence[str] = (),
+    exclude_nodes: Sequence[str] = (),
 ) -> ConversionReport:
     """Explicit Q/DQ INT8 model from ``onnx_in`` (FP32) and the calibration ``cache``, by ModelOpt PTQ.
 
@@ -613,6 +621,10 @@ def quantize_int8(
     the non-quantized part of the graph becomes ``high_precision`` ("fp16": the TensorRT artefact, to be
     built strongly typed; "fp32": a twin for CPU evaluation). I/O dtypes stay as in ``onnx_in``. Evaluate
     either with ``make_ort_session`` (it turns ORT graph optimisations off for such models).
+
+    ``exclude_op_types`` (e.g. ``["Resize"]``) and ``exclude_nodes`` (regular expressions, full match on node
+    names) stay in ``high_precision``: the layers trained weights show to be INT8-sensitive. Each must match
+    a node of ``onnx_in`` (a typo would silently quantize everything).
 
     ModelOpt still runs the model once on random data internally (its calibrator always runs); every
     activation scale is then replaced from the cache, which this function verifies on the output.
@@ -627,6 +639,7 @@ def quantize_int8(
     started = time.perf_counter()
     amax = read_calibration_cache(cache)
     src = _load_model(onnx_in)
+    node_patterns = _check_exclusions(src, exclude_op_types, exclude_nodes, f"{onnx_in}: INT8 exclusion")
     with tempfile.TemporaryDirectory(prefix="panoptic-int8.") as tmp:
         # A private copy: ModelOpt writes '<name>_opset19.onnx' next to its input, which would collide
         # between two quantize runs on the same model (TensorRT artefact and CPU twin).
@@ -643,6 +656,8 @@ def quantize_int8(
                 calibration_cache_path=str(trt_cache),
                 calibration_eps=["cpu"],
                 high_precision_dtype=high_precision,
+                op_types_to_exclude=list(exclude_op_types) or None,
+                nodes_to_exclude=node_patterns or None,
                 output_path=str(quantized),
                 log_level="WARNING",
             )
@@ -652,8 +667,9 @@ def quantize_int8(
     _check_io_types(src, model, str(onnx_out))
     qdq_pairs = _count(model, "QuantizeLinear")
     if qdq_pairs == 0:
+        excluded = " outside the exclusions" if exclude_op_types or exclude_nodes else ""
         raise PrecisionError(
-            f"{onnx_out}: no Q/DQ inserted; {cache} covers no quantizable tensor of {onnx_in}"
+            f"{onnx_out}: no Q/DQ inserted; {cache} covers no quantizable tensor{excluded} of {onnx_in}"
         )
     _check_activation_scales(model, amax, Path(cache), str(onnx_out))
     with atomic_path(onnx_out) as out:
@@ -671,6 +687,30 @@ def quantize_int8(
         seconds=time.perf_counter() - started,
         peak_rss_mb=_peak_rss_mb(),
     )
+
+
+def _check_exclusions(
+    model: onnx.ModelProto, op_types: Sequence[str], node_patterns: Sequence[str], what: str
+) -> list[str]:
+    """PrecisionError (prefixed ``what``) unless every op type and node-name pattern matches a node of
+    ``model``: a typo would otherwise change nothing, silently. Returns the patterns anchored at the end, so
+    that ModelOpt's ``re.match`` (anchored at the start only) matches whole names, as checked here."""
+    import re
+
+    present_types = {node.op_type for node in model.graph.node}
+    for op_type in op_types:
+        if op_type not in present_types:
+            raise PrecisionError(f"{what}: no node of op type {op_type!r} in the model")
+    anchored = []
+    for pattern in node_patterns:
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise PrecisionError(f"{what}: {pattern!r} is not a regular expression ({exc})") from None
+        if not any(regex.fullmatch(node.name) for node in model.graph.node):
+            raise PrecisionError(f"{what}: no node name matches {pattern!r}")
+        anchored.append(f"(?:{pattern})$")
+    return anchored
 
 
 _HIGH_PRECISION_CAST_SUFFIXES = ("_cast_to_fp16", "_cast_to_bf16")

@@ -24,6 +24,7 @@ rule fp16_onnx:
         input_hw=input_hw,
         data_max=config["fp16"]["data_max"],
         keep_fp32_op_types=config["fp16"]["keep_fp32_op_types"],
+        keep_fp32_nodes=config["fp16"]["keep_fp32_nodes"],
         version=PACKAGE_VERSION,
     script:
         "../scripts/fp16_onnx.py"
@@ -71,6 +72,8 @@ rule int8_onnx:
         mem_mb=4000,
     params:
         high_precision=INT8_HIGH_PRECISION,
+        exclude_op_types=config["int8"]["exclude_op_types"],
+        exclude_nodes=config["int8"]["exclude_nodes"],
         version=PACKAGE_VERSION,
     script:
         "../scripts/int8_onnx.py"

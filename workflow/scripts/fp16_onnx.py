@@ -25,5 +25,6 @@ report = convert_fp16(
     {INPUT_NAME: image},
     data_max=snakemake.params.data_max,
     keep_fp32_op_types=snakemake.params.keep_fp32_op_types,
+    keep_fp32_nodes=snakemake.params.keep_fp32_nodes,
 )
 print(report)

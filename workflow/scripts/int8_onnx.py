@@ -19,5 +19,7 @@ report = quantize_int8(
     snakemake.input.cache,
     snakemake.output[0],
     high_precision=snakemake.params.high_precision,
+    exclude_op_types=snakemake.params.exclude_op_types,
+    exclude_nodes=snakemake.params.exclude_nodes,
 )
 print(report)
