@@ -522,6 +522,11 @@ def test_session_options_follow_the_model_kind(fp32_model: Path) -> None:
     assert not needs_unoptimized_session(onnx.load(str(fp32_model)))
     forced = make_ort_session(fp32_model, optimize=False)
     assert forced.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # No spinning intra-op threads: they would hold the cores the torch post-processing needs next.
+    for session in (fp32, forced):
+        assert (
+            session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        )
 
 
 def test_q_scales_map_back_through_a_retargeted_cast() -> None:

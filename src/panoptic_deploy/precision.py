@@ -249,15 +249,12 @@ def make_ort_session(
     """
     import onnxruntime as ort
 
+    from panoptic_deploy.engines.onnxruntime import ort_session_options
+
     model = _load_model(path)
     if optimize is None:
         optimize = not needs_unoptimized_session(model)
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options = ort_session_options("ORT_ENABLE_ALL" if optimize else "ORT_DISABLE_ALL", threads)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -96,7 +96,10 @@ def ort_precision_support(precision: str) -> tuple[bool, str]:
 def ort_session_options(level: str, threads: int | None) -> Any:
     """``onnxruntime.SessionOptions`` with optimisation ``level`` (a name) and ``threads`` intra-op threads.
 
-    ``threads=None`` keeps ONNX Runtime's default (one per physical core).
+    ``threads=None`` keeps ONNX Runtime's default (one per physical core). The intra-op threads do not
+    spin after a run: spinning threads hold the cores that the host post-processing (torch, right after
+    every run) needs. Measured on the H100 machine's 16 cores, coffee.png, FP32: post-processing 52-58 ms
+    without spinning against 117-132 ms with it, network 189-192 against 174-195 ms (docs/benchmarks.md).
     """
     if level not in GRAPH_OPTIMIZATION_LEVELS:
         raise EngineError(f"unknown ONNX Runtime graph optimisation level {level!r}")
@@ -107,6 +110,7 @@ def ort_session_options(level: str, threads: int | None) -> Any:
     if threads is not None:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
