@@ -50,8 +50,8 @@ from panoptic_deploy.compare import (
 )
 from panoptic_deploy.errors import PanopticDeployError, PanopticFormatError
 from panoptic_deploy.export import prepare_at_size
-from panoptic_deploy.fileio import atomic_path, file_sha256, write_text_atomic
-from panoptic_deploy.jsonfiles import load_schema, read_json, schema_problem
+from panoptic_deploy.fileio import atomic_path, file_sha256
+from panoptic_deploy.jsonfiles import load_schema, read_checked_json, write_checked_json
 from panoptic_deploy.modeling import INPUT_NAME, OUTPUT_NAMES, InferenceParams, InputParams, PanopticFCN
 from panoptic_deploy.preprocess import read_image
 
@@ -662,27 +662,14 @@ def bench_schema() -> dict[str, Any]:
     return load_schema("bench.schema.json")
 
 
-def bench_schema_problem(data: object) -> str | None:
-    """One line naming the first schema violation (key path and message), or None if ``data`` is valid."""
-    return schema_problem(data, bench_schema())
-
-
 def write_bench(result: BenchResult, path: PathLike) -> None:
     """Validate against the schema and write atomically (indented JSON)."""
-    data = result.to_json()
-    problem = bench_schema_problem(data)
-    if problem is not None:
-        raise BenchError(f"{path}: refusing to write an invalid benchmark result: {problem}")
-    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+    write_checked_json(result.to_json(), path, "bench.schema.json", "benchmark result", BenchError, indent=1)
 
 
 def read_bench(path: PathLike) -> BenchResult:
     """Read and validate a benchmark result; :class:`BenchError` names the file and the offending key."""
-    data = read_json(path, "benchmark result", BenchError)
-    problem = bench_schema_problem(data)
-    if problem is not None:
-        raise BenchError(f"{path}: invalid benchmark result: {problem}")
-    return BenchResult.from_json(data)
+    return BenchResult.from_json(read_checked_json(path, "bench.schema.json", "benchmark result", BenchError))
 
 
 # ---------------------------------------------------------------------------------------------------------

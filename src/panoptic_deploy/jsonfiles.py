@@ -1,4 +1,5 @@
-"""JSON artifacts with a schema: the package's schemas, one-line validation problems, checked reading."""
+"""JSON artifacts with a schema: the package's schemas, one-line validation problems, checked writing and
+reading (benchmark results, engine sidecars, trtexec checks)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from panoptic_deploy.errors import PanopticDeployError
+from panoptic_deploy.fileio import write_text_atomic
 
 
 @cache
@@ -43,3 +45,31 @@ def read_json(path: str | os.PathLike[str], what: str, error: type[PanopticDeplo
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+def write_checked_json(
+    data: object,
+    path: str | os.PathLike[str],
+    schema: str,
+    what: str,
+    error: type[PanopticDeployError],
+    indent: int = 2,
+) -> None:
+    """Validate ``data`` against the package schema ``schema`` and write it to ``path`` atomically;
+    ``error`` ("<path>: refusing to write an invalid <what>: <problem>") and no file if it is invalid."""
+    problem = schema_problem(data, load_schema(schema))
+    if problem is not None:
+        raise error(f"{path}: refusing to write an invalid {what}: {problem}")
+    write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def read_checked_json(
+    path: str | os.PathLike[str], schema: str, what: str, error: type[PanopticDeployError]
+) -> Any:
+    """Parse ``path`` and validate it against the package schema ``schema``; ``error`` naming the file and
+    the offending key ("<path>: invalid <what>: key '...': ...") if it cannot be read or is invalid."""
+    data = read_json(path, what, error)
+    problem = schema_problem(data, load_schema(schema))
+    if problem is not None:
+        raise error(f"{path}: invalid {what}: {problem}")
+    return data

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import os
 import platform
 from collections.abc import Mapping
@@ -22,8 +21,8 @@ import onnx
 
 from panoptic_deploy import __version__
 from panoptic_deploy.errors import PanopticDeployError
-from panoptic_deploy.fileio import file_sha256, write_text_atomic
-from panoptic_deploy.jsonfiles import load_schema, read_json, schema_problem
+from panoptic_deploy.fileio import file_sha256
+from panoptic_deploy.jsonfiles import read_checked_json, write_checked_json
 
 SIDECAR_SCHEMA_VERSION = 1
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -113,13 +112,7 @@ class EngineSidecar:
         )
 
 
-def sidecar_schema() -> dict[str, Any]:
-    """The JSON schema of the sidecar (draft 2020-12)."""
-    return load_schema("engine_sidecar.schema.json")
-
-
-def _schema_problem(data: object) -> str | None:
-    return schema_problem(data, sidecar_schema())
+SIDECAR_SCHEMA = "engine_sidecar.schema.json"  # in panoptic_deploy/schemas/
 
 
 def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
@@ -130,19 +123,12 @@ def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
 
 def write_sidecar(sidecar: EngineSidecar, path: str | os.PathLike[str]) -> None:
     """Validate ``sidecar`` against the schema and write it to ``path`` atomically (indented JSON)."""
-    data = sidecar.to_json_dict()
-    problem = _schema_problem(data)
-    if problem is not None:
-        raise EngineError(f"{path}: refusing to write an invalid sidecar: {problem}")
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_checked_json(sidecar.to_json_dict(), path, SIDECAR_SCHEMA, "sidecar", EngineError)
 
 
 def read_sidecar(path: str | os.PathLike[str]) -> EngineSidecar:
     """Read and validate a sidecar; :class:`EngineError` names the file and the offending key."""
-    data = read_json(path, "engine sidecar", EngineError)
-    problem = _schema_problem(data)
-    if problem is not None:
-        raise EngineError(f"{path}: invalid engine sidecar: {problem}")
+    data = read_checked_json(path, SIDECAR_SCHEMA, "engine sidecar", EngineError)
     try:
         dt.datetime.fromisoformat(data["created"])
     except ValueError as exc:

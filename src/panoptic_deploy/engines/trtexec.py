@@ -9,7 +9,6 @@ Nothing here imports TensorRT: trtexec is a separate program, run as a subproces
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import shutil
@@ -20,8 +19,8 @@ from typing import Any
 
 from panoptic_deploy import __version__
 from panoptic_deploy.engines.sidecar import EngineError
-from panoptic_deploy.fileio import file_sha256, write_text_atomic
-from panoptic_deploy.jsonfiles import load_schema, read_json, schema_problem
+from panoptic_deploy.fileio import file_sha256
+from panoptic_deploy.jsonfiles import read_checked_json, write_checked_json
 
 SCHEMA_VERSION = 1
 
@@ -124,23 +123,14 @@ def run_trtexec(
     return check, output
 
 
-def _schema_problem(data: object) -> str | None:
-    return schema_problem(data, load_schema("trtexec.schema.json"))
+SCHEMA = "trtexec.schema.json"
 
 
 def write_trtexec_check(check: TrtexecCheck, path: str | os.PathLike[str]) -> None:
     """Validate ``check`` against the schema and write it to ``path`` atomically (indented JSON)."""
-    data = check.to_json()
-    problem = _schema_problem(data)
-    if problem is not None:
-        raise EngineError(f"{path}: refusing to write an invalid trtexec check: {problem}")
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_checked_json(check.to_json(), path, SCHEMA, "trtexec check", EngineError)
 
 
 def read_trtexec_check(path: str | os.PathLike[str]) -> TrtexecCheck:
     """Read and validate a check; :class:`EngineError` names the file and the offending key."""
-    data = read_json(path, "trtexec check", EngineError)
-    problem = _schema_problem(data)
-    if problem is not None:
-        raise EngineError(f"{path}: invalid trtexec check: {problem}")
-    return TrtexecCheck.from_json(data)
+    return TrtexecCheck.from_json(read_checked_json(path, SCHEMA, "trtexec check", EngineError))
