@@ -37,12 +37,7 @@ class Predictor:
         device: str | torch.device = "cpu",
     ) -> Predictor:
         """Build the model of ``config`` and load ``weights`` strictly (:mod:`panoptic_deploy.checkpoint`)."""
-        from panoptic_deploy.checkpoint import load_weights
-        from panoptic_deploy.config import load_config
-
-        model = build_model(load_config(Path(config), opts))
-        load_weights(model, weights)
-        return cls(model, device)
+        return cls(load_model(config, weights, opts, device), device)
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> PanopticResult:
