@@ -189,6 +189,8 @@ def _cmd_trtexec(args: argparse.Namespace) -> int:
     check, _ = run_trtexec(args.engine, iterations=args.iterations, cuda_graph=args.cuda_graph)
     write_trtexec_check(check, args.output)
     print(f"{args.engine}: trtexec GPU compute median {check.gpu_compute_median_ms} ms -> {args.output}")
+    for warning in check.warnings:
+        print(f"{args.engine}: trtexec warned: {warning}")
     return 0
 
 
@@ -321,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("engine", help="TensorRT engine (plan) file")
     p.add_argument("--output", required=True, help="cross-check .json (for report --trtexec)")
     p.add_argument("--iterations", type=int, default=200, help="minimum timed inferences (default 200)")
-    p.add_argument("--cuda-graph", action="store_true", help="replay a CUDA graph (trtexec --useCudaGraph)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay a CUDA graph (trtexec 10.x: --useCudaGraph; 11.x: default)")  # fmt: skip
     p.set_defaults(func=_cmd_trtexec)
     return parser
 

@@ -390,12 +390,20 @@ def _trtexec_lines(rows: Sequence[BenchResult], checks: Sequence[TrtexecCheck]) 
         label = _label(row, True) if row else f"{Path(check.engine).name} (no benchmark ran this file)"
         ours = row.latency.network.p50_ms if row else None
         ratio = f"{ours / check.gpu_compute_median_ms:.2f}x" if ours else "–"
+        # What trtexec really did: a failed capture is only a warning, then it launches plainly.
         graph = "yes" if check.cuda_graph else "no"
+        if check.cuda_graph_requested and not check.cuda_graph:
+            graph = "no (capture failed)"
         lines.append(
             f"| {label} | {_fmt(ours, 2)} | {check.gpu_compute_median_ms:.2f} | {ratio} | {graph} | "
             f"{check.trtexec} |"
         )
-    return [*lines, ""]
+    warned = [
+        f"- {Path(check.engine).name}: trtexec warned: {warning}"
+        for check in checks
+        for warning in check.warnings
+    ]
+    return [*lines, "", *([*warned, ""] if warned else [])]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -254,10 +254,23 @@ def trtexec_cross_check():
                 f"(backends: {', '.join(ENGINE_BACKENDS)})"
             )
         return False
-    if shutil.which("trtexec") is None:
+    exe = shutil.which("trtexec")
+    if exe is None:
         if setting is True:
             raise ConfigError("config key 'tensorrt.trtexec': true, but trtexec is not on PATH")
         reason = "not on PATH, so no engine was cross-checked with it"
+        SKIPPED.append({"backend": "trtexec", "precision": "all", "reason": reason})
+        return False
+    # The TensorRT wheels ship no trtexec: the one on PATH may be of another version, which cannot load
+    # the plans this TensorRT builds.
+    import tensorrt
+
+    from panoptic_deploy.engines.trtexec import trtexec_compatibility
+
+    usable, reason = trtexec_compatibility(exe, tensorrt.__version__)
+    if not usable:
+        if setting is True:
+            raise ConfigError(f"config key 'tensorrt.trtexec': true, but {reason}")
         SKIPPED.append({"backend": "trtexec", "precision": "all", "reason": reason})
         return False
     return True
