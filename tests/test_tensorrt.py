@@ -101,6 +101,8 @@ def test_cuda_graph_replay_equals_plain_execution(engine: tuple[Path, EngineSide
     plan, sidecar, _ = engine
     plain = TrtRunner(plan, sidecar)
     graphed = TrtRunner(plan, sidecar, cuda_graph=True)
+    assert not plain.cuda_graph
+    assert graphed.cuda_graph and graphed.cuda_graph_failure is None  # a plain CNN captures
     for _ in range(2):  # new inputs each time: the replay reads the bound input buffer
         x = torch.randn(INPUT_SHAPE, device="cuda")
         a, b = plain.run({"image": x}), graphed.run({"image": x})
@@ -156,6 +158,34 @@ def test_timing_cache_is_reused(engine: tuple[Path, EngineSidecar, TinyNet], tmp
     )
     assert again.builder["timing_cache"] == "loaded"
     assert again.precision == "fp32"  # read from the graph when not given
+
+
+@pytest.mark.tensorrt
+@needs_trt
+def test_unreadable_timing_cache_is_replaced(
+    engine: tuple[Path, EngineSidecar, TinyNet], tmp_path: Path
+) -> None:
+    """A damaged cache file: create_timing_cache returns None; the build goes on with a fresh cache, and the
+    file is replaced by a readable one (the next build loads it)."""
+    plan, _, _ = engine
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"not a timing cache" * 64)
+
+    def build(name: str) -> EngineSidecar:
+        return build_trt_engine(
+            plan.parent / "tiny.onnx",
+            tmp_path / name,
+            workspace_bytes=WORKSPACE,
+            optimization_level=0,
+            timing_cache_path=cache,
+            input_shape=INPUT_SHAPE,
+        )
+
+    first = build("a.plan")
+    assert first.builder["timing_cache"] == "discarded (unreadable: damaged or from another TensorRT version)"
+    assert not cache.read_bytes().startswith(b"not a timing cache")
+    assert build("b.plan").builder["timing_cache"] == "loaded"
+    assert (tmp_path / "timing.cache.lock").exists()
 
 
 @pytest.mark.tensorrt

@@ -838,6 +838,12 @@ def _trt_runner(precision: str, engine: PathLike, sidecar_file: PathLike, cuda_g
         )
     runner = TrtRunner(engine, sidecar, cuda_graph=cuda_graph)
     memory = runner.memory()
+    notes = [
+        "network time includes the runner's copy into its bound input buffer and the clone of its "
+        "outputs (CUDA events on the caller's stream)"
+    ]
+    if runner.cuda_graph_failure is not None:
+        notes.append(f"CUDA graph asked for but not used: {runner.cuda_graph_failure}")
 
     def to_device(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {INPUT_NAME: x.to("cuda")}
@@ -846,14 +852,10 @@ def _trt_runner(precision: str, engine: PathLike, sidecar_file: PathLike, cuda_g
         "cuda",
         to_device,
         runner.run,
-        [
-            "network time includes the runner's copy into its bound input buffer and the clone of its "
-            "outputs "
-            "(CUDA events on the caller's stream)"
-        ],
+        notes,
         _engine_info(engine, sidecar),
         gpu_engine_mb=memory.engine_device_memory_bytes / 1e6,
-        cuda_graph=cuda_graph,
+        cuda_graph=runner.cuda_graph,  # what runs do: False after a failed capture
     )
 
 
