@@ -280,7 +280,9 @@ _STUB_PROBE = """\
 import tensorrt as trt
 
 
-def probe(builder: trt.Builder, config: trt.IBuilderConfig, engine: trt.ICudaEngine) -> int:
+def probe(
+    builder: trt.Builder, config: trt.IBuilderConfig, engine: trt.ICudaEngine, layer: trt.ILayer
+) -> int:
     config.set_flag(trt.BuilderFlag.FP16)  # removed
     config.set_flag(trt.BuilderFlag.INT8)  # removed
     config.int8_calibrator = None  # removed
@@ -288,11 +290,17 @@ def probe(builder: trt.Builder, config: trt.IBuilderConfig, engine: trt.ICudaEng
     flag = trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH  # removed
     fast = builder.platform_has_fast_fp16  # removed
     size = engine.device_memory_size  # removed
+    layer.precision = trt.DataType.HALF  # removed
+    reader: trt.IStreamReader  # removed
+    config.set_flag(trt.BuilderFlag.DIRECT_IO)  # deprecated in 10.7 but still bound by 11.0 and 11.1
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
     config.builder_optimization_level = 3
     plan = builder.build_serialized_network(network, config)
     nbytes = plan.nbytes  # None on failure
+    cache = config.create_timing_cache(b"")
+    blob = cache.serialize()  # None on failure
+    merged = config.get_timing_cache().combine(cache, ignore_mismatch=False)  # None on failure
     return engine.device_memory_size_v2 + engine.num_io_tensors + len(trt.__version__)
 """
 
