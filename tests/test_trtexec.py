@@ -24,6 +24,7 @@ from panoptic_deploy.engines.trtexec import (
     read_trtexec_check,
     run_trtexec,
     trtexec_command,
+    trtexec_compatibility,
     version_mismatch,
     write_trtexec_check,
 )
@@ -238,6 +239,8 @@ def test_run_names_the_engine_when_it_or_trtexec_is_missing(
         run_trtexec(plan)
     with pytest.raises(EngineError, match=r"m\.plan: cannot run .*no-trtexec --help: "):
         run_trtexec(plan, exe=str(tmp_path / "no-trtexec"))
+    usable, reason = trtexec_compatibility(str(tmp_path / "no-trtexec"), "10.13.0.35")
+    assert not usable and reason.startswith(f"cannot run {tmp_path / 'no-trtexec'} --help: ")
 
 
 def _check(engine: str = "results/engines/tensorrt/x/m.fp16.engine") -> TrtexecCheck:

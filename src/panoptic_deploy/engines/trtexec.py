@@ -234,8 +234,13 @@ def trtexec_compatibility(exe: str, tensorrt_version: str) -> tuple[bool, str]:
 
 def _engine_tensorrt_version(path: Path) -> str | None:
     """The TensorRT version recorded in the engine's sidecar, if it has one."""
-    sidecar = sidecar_path(path)
-    return read_sidecar(sidecar).backend_version if sidecar.is_file() else None
+    file = sidecar_path(path)
+    if not file.is_file():
+        return None
+    sidecar = read_sidecar(file)
+    if sidecar.backend != "tensorrt":
+        raise EngineError(f"{path}: its sidecar is for backend {sidecar.backend}, not a TensorRT engine")
+    return sidecar.backend_version
 
 
 def run_trtexec(
