@@ -211,12 +211,13 @@ def _attach_timing_cache(
     both cases the build starts from a fresh cache, so it never uses timings measured elsewhere, and the file
     is replaced by the fresh cache when the build saves it.
     """
-    if path is None or not Path(path).is_file():
+    data = Path(path).read_bytes() if path is not None and Path(path).is_file() else b""
+    if not data:  # no file, or an empty one: create_timing_cache(b"") is TensorRT's "new cache"
         cache = _fresh_timing_cache(config, engine_path)
         status = "new"
     else:
         mark = len(_TRT_ERRORS)
-        loaded = config.create_timing_cache(Path(path).read_bytes())
+        loaded = config.create_timing_cache(data)
         if loaded is not None:
             cache, status = loaded, "loaded"
         else:
