@@ -281,7 +281,11 @@ import tensorrt as trt
 
 
 def probe(
-    builder: trt.Builder, config: trt.IBuilderConfig, engine: trt.ICudaEngine, layer: trt.ILayer
+    builder: trt.Builder,
+    config: trt.IBuilderConfig,
+    engine: trt.ICudaEngine,
+    layer: trt.ILayer,
+    network: trt.INetworkDefinition,
 ) -> int:
     config.set_flag(trt.BuilderFlag.FP16)  # removed
     config.set_flag(trt.BuilderFlag.INT8)  # removed
@@ -292,11 +296,12 @@ def probe(
     size = engine.device_memory_size  # removed
     layer.precision = trt.DataType.HALF  # removed
     reader: trt.IStreamReader  # removed
+    network.add_quantize(network.get_input(0), network.get_input(1))  # removed
     config.set_flag(trt.BuilderFlag.DIRECT_IO)  # deprecated in 10.7 but still bound by 11.0 and 11.1
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    created = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
     config.builder_optimization_level = 3
-    plan = builder.build_serialized_network(network, config)
+    plan = builder.build_serialized_network(created, config)
     nbytes = plan.nbytes  # None on failure
     cache = config.create_timing_cache(b"")
     blob = cache.serialize()  # None on failure

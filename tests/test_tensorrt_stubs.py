@@ -79,6 +79,15 @@ def test_binding_api_reads_classes_members_values_and_conditions() -> None:
     }  # no "serialize" (ENABLE_INETWORK_SERIALIZE is off), nothing from comments or docstrings
 
 
+def test_argument_names_of_each_overload_are_read() -> None:
+    signatures = api.binding_signatures({"pyCore.cpp": BINDINGS})
+    assert signatures["ILogger.log"] == {("severity", "msg")}
+    assert signatures["IBuilderConfig.create_timing_cache"] == {("serialized_timing_cache",)}
+    assert signatures["IBuilderConfig.flags"] == {()} and signatures["ILogger.Severity.ERROR"] == {()}
+    overloads = 'py::class_<N>(m, "N").def("add", &f, "input"_a).def("add", &g, py::arg("input"), "k"_a = 1);'
+    assert api.binding_signatures({"x.cpp": overloads})["N.add"] == {("input",), ("input", "k")}
+
+
 def test_unknown_forms_fail_instead_of_being_guessed() -> None:
     with pytest.raises(api.BindingError, match=r"x\.cpp: unknown preprocessor condition '#if NEW_FLAG'"):
         api.binding_api({"x.cpp": "#if NEW_FLAG\nint a;\n#endif\n"})
@@ -141,12 +150,34 @@ def test_stub_cut_deletes_members_classes_and_overloads_that_name_them() -> None
         vendor.patch_returns(text, "Builder", "absent", "bytes", "bytes | None")
 
 
+def test_overloads_11x_no_longer_binds_are_deleted() -> None:
+    stub = (
+        "import typing\n"
+        "class Network:\n"
+        "    @typing.overload\n"
+        "    def add_quantize(self, input: int, scale: int) -> int:\n"
+        "        ...\n"
+        "    @typing.overload\n"
+        "    def add_quantize(self, input: int, scale: int, output_type: int) -> int:\n"
+        "        ...\n"
+    )
+    text, hits = vendor.remove_overloads(stub, {"Network.add_quantize": {("input", "scale")}})
+    assert hits == ["Network.add_quantize(input, scale)"]
+    text = vendor.drop_lone_overload_decorators(text)
+    assert text == (
+        "import typing\n"
+        "class Network:\n"
+        "    def add_quantize(self, input: int, scale: int, output_type: int) -> int:\n"
+        "        ...\n"
+    )
+
+
 def test_committed_stubs_lack_everything_the_generator_deleted() -> None:
     listed = (TYPINGS / "tensorrt_removed_in_11.txt").read_text(encoding="utf-8").splitlines()
     provenance = [line for line in listed if line.startswith("# release/")]
     assert [line.split()[1] for line in provenance] == ["release/10.13", "release/11.0", "release/11.1"]
     deleted = [line.split()[0] for line in listed if line and not line.startswith("#")]
-    overloads = {line.split()[0] for line in listed if "overload naming a deleted class" in line}
+    overloads = {line.split("(")[0].split()[0] for line in listed if "overload" in line and "  # " in line}
     assert len(deleted) >= 100
     stub = (TYPINGS / "tensorrt_bindings" / "tensorrt.pyi").read_text(encoding="utf-8")
     declared = set(vendor.stub_spans(stub))

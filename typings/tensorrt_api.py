@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 # The public `tensorrt` wheel: all bindings exported (not the lean/dispatch runtimes), no INetwork
@@ -156,7 +156,20 @@ def _matching(tokens: list[str], i: int) -> int:
     raise BindingError(f"unbalanced '{opening}'")
 
 
-def _chain(tokens: list[str], i: int, owner: str, names: set[str]) -> int:
+Api = dict[str, set[tuple[str, ...]]]  # qualified name -> keyword lists of its bound overloads
+
+
+def _keywords(tokens: list[str], start: int, end: int) -> tuple[str, ...]:
+    """The argument names of one binding call: ``"x"_a`` and ``py::arg("x")`` in ``tokens[start:end]``."""
+    found = []
+    for j in range(start, end):
+        name = _string(tokens[j])
+        if name is not None and (tokens[j + 1] == "_a" or tokens[j - 2 : j] == ["py::arg", "("]):
+            found.append(name)
+    return tuple(found)
+
+
+def _chain(tokens: list[str], i: int, owner: str, names: Api) -> int:
     """Read ``.def("x", ...)``-style calls from ``tokens[i]`` on; add ``owner.x``; return the index after."""
     while i + 2 < len(tokens) and tokens[i] == "." and tokens[i + 2] == "(":
         method = tokens[i + 1]
@@ -164,7 +177,7 @@ def _chain(tokens: list[str], i: int, owner: str, names: set[str]) -> int:
         if method in _BINDER_METHODS:
             name = _string(tokens[i + 3])
             if name is not None:
-                names.add(f"{owner}.{name}")
+                names.setdefault(f"{owner}.{name}", set()).add(_keywords(tokens, i + 4, close))
             elif not tokens[i + 3].startswith(("py::init", "py::pickle", "py::self")):
                 raise BindingError(f"{owner}.{method}: first argument {tokens[i + 3]!r} is not a name")
         i = close + 1
@@ -173,7 +186,13 @@ def _chain(tokens: list[str], i: int, owner: str, names: set[str]) -> int:
 
 def binding_api(sources: Mapping[str, str]) -> set[str]:
     """Every qualified name the pybind11 sources bind (``sources``: file name -> C++ text)."""
-    names: set[str] = set()
+    return set(binding_signatures(sources))
+
+
+def binding_signatures(sources: Mapping[str, str]) -> Api:
+    """Every qualified name the sources bind -> the argument-name lists of its overloads (``()`` for classes,
+    enum values and calls without named arguments)."""
+    names: Api = {}
     for filename, text in sources.items():
         try:
             tokens = _tokens(preprocess(strip_comments(text)))
@@ -183,7 +202,7 @@ def binding_api(sources: Mapping[str, str]) -> set[str]:
     return names
 
 
-def _read_bindings(tokens: list[str], names: set[str]) -> None:
+def _read_bindings(tokens: list[str], names: Api) -> None:
     variables: dict[str, str] = {}  # C++ variable -> qualified class it binds
     i = 0
     while i < len(tokens):
@@ -200,7 +219,7 @@ def _read_bindings(tokens: list[str], names: set[str]) -> None:
             if comma != "," or title is None:
                 raise BindingError(f'{token} without (scope, "Name"): {tokens[j : j + 4]}')
             owner = title if scope == "m" else f"{variables[scope]}.{title}"
-            names.add(owner)
+            names.setdefault(owner, set()).add(())
             if variable is not None:
                 variables[variable] = owner
             i = _chain(tokens, _matching(tokens, j) + 1, owner, names)
@@ -215,8 +234,9 @@ def _read_bindings(tokens: list[str], names: set[str]) -> None:
             name = _string(tokens[i + 4])
             if name is None:
                 raise BindingError(f"m.{tokens[i + 2]} without a name: {tokens[i + 4]!r}")
-            names.add(name)
-            i += 5
+            close = _matching(tokens, i + 3)
+            names.setdefault(name, set()).add(_keywords(tokens, i + 5, close))
+            i = close + 1
         else:
             i += 1
 
@@ -235,8 +255,9 @@ def _git(git_dir: Path, *args: str) -> str:
     ).stdout
 
 
-def release_api(git_dir: Path, ref: str) -> tuple[str, set[str]]:
-    """(commit, API) of the TensorRT release ``ref`` (e.g. ``release/10.13``) in the git repository."""
+def release_api(git_dir: Path, ref: str) -> tuple[str, Api]:
+    """(commit, API with argument names) of the TensorRT release ``ref`` (e.g. ``release/10.13``) in the git
+    repository; the Python layer's names have no argument lists (``()``)."""
     commit = _git(git_dir, "rev-parse", "--verify", f"{ref}^{{commit}}").strip()
     files = [
         f
@@ -245,11 +266,8 @@ def release_api(git_dir: Path, ref: str) -> tuple[str, set[str]]:
     ]
     if not files:
         raise BindingError(f"{ref}: no python/src/*.cpp binding sources")
-    api = binding_api({f: _git(git_dir, "show", f"{commit}:{f}") for f in files})
+    api = binding_signatures({f: _git(git_dir, "show", f"{commit}:{f}") for f in files})
     layer = _git(git_dir, "show", f"{commit}:python/packaging/bindings_wheel/tensorrt/__init__.py")
-    return commit, api | python_layer_api(layer)
-
-
-def walk(names: set[str]) -> Iterator[str]:
-    """``names`` sorted, for stable reports."""
-    yield from sorted(names)
+    for name in python_layer_api(layer):
+        api.setdefault(name, set()).add(())
+    return commit, api

@@ -140,6 +140,56 @@ def remove_dangling_overloads(text: str, classes: list[str]) -> tuple[str, list[
     return "\n".join(line for line, k in zip(lines, keep, strict=True) if k), hits
 
 
+def remove_overloads(text: str, gone: Overloads) -> tuple[str, list[str]]:
+    """Delete the overloads of ``gone``'s methods whose parameter names (after ``self``) are one of the
+    argument lists that some 11.x release no longer binds -> (text, "Class.method(args)" deleted)."""
+    tree = ast.parse(text)
+    lines = text.split("\n")
+    keep = [True] * len(lines)
+    hits: list[str] = []
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                visit(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, ast.FunctionDef) and prefix + node.name in gone:
+                params = tuple(
+                    a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+                )
+                params = params[1:] if params[:1] == ("self",) else params
+                if params in gone[prefix + node.name]:
+                    start = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1
+                    keep[start : node.end_lineno] = [False] * ((node.end_lineno or start) - start)
+                    hits.append(f"{prefix}{node.name}({', '.join(params)})")
+
+    visit(tree.body, "")
+    return "\n".join(line for line, k in zip(lines, keep, strict=True) if k), hits
+
+
+def drop_lone_overload_decorators(text: str) -> str:
+    """Remove ``@typing.overload`` from a function left with a single definition (mypy rejects a lone
+    overload)."""
+    tree = ast.parse(text)
+    lines = text.split("\n")
+    drop: list[int] = []
+
+    def visit(body: list[ast.stmt]) -> None:
+        functions: dict[str, list[ast.FunctionDef]] = {}
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                visit(node.body)
+            elif isinstance(node, ast.FunctionDef):
+                functions.setdefault(node.name, []).append(node)
+        for defs in functions.values():
+            if len(defs) == 1:
+                drop.extend(
+                    d.lineno - 1 for d in defs[0].decorator_list if ast.unparse(d) == "typing.overload"
+                )
+
+    visit(tree.body)
+    return "\n".join(line for i, line in enumerate(lines) if i not in set(drop))
+
+
 def patch_returns(text: str, cls: str, method: str, old: str, new: str) -> str:
     """``cls.method``'s return annotation ``old`` -> ``new`` (every overload)."""
     spans = stub_spans(text)
@@ -176,8 +226,13 @@ def drop_top_level(text: str, names: list[str]) -> str:
     return text
 
 
-def intersection(git_dir: Path) -> tuple[set[str], set[str], list[str]]:
-    """(10.13 API, names 10.13 binds that some 11.x release lacks, provenance lines)."""
+Overloads = dict[str, set[tuple[str, ...]]]
+
+
+def intersection(git_dir: Path) -> tuple[set[str], set[str], Overloads, list[str], list[str]]:
+    """(10.13 API, names 10.13 binds that some 11.x release lacks, the argument lists of 10.13 overloads that
+    some 11.x release no longer binds, provenance lines, the shared names whose argument names differ
+    between 10.13 and some 11.x release, one line each)."""
     # Local branches (a bare or mirror clone) or origin's remote-tracking ones (an ordinary clone).
     refs = subprocess.run(
         [
@@ -203,18 +258,32 @@ def intersection(git_dir: Path) -> tuple[set[str], set[str], list[str]]:
     base_commit, base = release_api(git_dir, branches[BASE_BRANCH])
     provenance = [f"{BASE_BRANCH} {base_commit}"]
     shared = set(base)
+    changed: list[str] = []
+    gone: Overloads = {}
     for branch in later:
         commit, api = release_api(git_dir, branches[branch])
         provenance.append(f"{branch} {commit}")
-        shared &= api
-    return base, base - shared, provenance
+        shared &= set(api)
+        changed += [
+            f"{name}: {BASE_BRANCH} {_overloads(base[name])}, {branch} {_overloads(api[name])}"
+            for name in sorted(set(base) & set(api))
+            if base[name] != api[name]
+        ]
+        for name in set(base) & set(api):
+            if base[name] - api[name]:
+                gone.setdefault(name, set()).update(base[name] - api[name])
+    return set(base), set(base) - shared, gone, provenance, changed
+
+
+def _overloads(signatures: set[tuple[str, ...]]) -> str:
+    return " | ".join(f"({', '.join(s)})" for s in sorted(signatures))
 
 
 def main(wheel: Path, git_dir: Path) -> None:
     if STUB_VERSION not in wheel.name:
         raise SystemExit(f"{wheel.name}: expected tensorrt-stubs {STUB_VERSION}")
     try:
-        base, removed, provenance = intersection(git_dir)
+        base, removed, gone, provenance, changed = intersection(git_dir)
     except BindingError as exc:
         raise SystemExit(f"reading the binding sources: {exc}") from None
     for package in ("tensorrt", "tensorrt_bindings"):
@@ -241,6 +310,10 @@ def main(wheel: Path, git_dir: Path) -> None:
         print(f"overloads naming a deleted class, deleted too: {', '.join(dangling)}")
     for name in top_level:
         text = text.replace(f"'{name}', ", "")  # from the module's __all__
+    text, overloads = remove_overloads(text, gone)
+    if overloads:
+        print(f"overloads 11.x no longer binds, deleted: {', '.join(overloads)}")
+    text = drop_lone_overload_decorators(text)
     for cls, method, old_type, new_type in OPTIONAL_RETURNS:
         text = patch_returns(text, cls, method, old_type, new_type)
     header = (
@@ -266,8 +339,11 @@ def main(wheel: Path, git_dir: Path) -> None:
         + "\n"
         + "".join(f"{name}\n" for name in deleted)
         + "".join(f"{name}  # the overload naming a deleted class\n" for name in dangling)
+        + "".join(f"{name}  # an overload 11.x no longer binds\n" for name in overloads)
         + "# Bound by 10.13, not by every 11.x, and not declared by the stub either:\n"
-        + "".join(f"# {name}\n" for name in not_in_stub),
+        + "".join(f"# {name}\n" for name in not_in_stub)
+        + "# Bound with other argument lists in 11.x (10.13 overloads that 11.x lacks are deleted above; "
+        "11.x-only overloads are not added):\n" + "".join(f"# {line}\n" for line in changed),
         encoding="utf-8",
     )
     print(

@@ -3588,19 +3588,6 @@ class INetworkDefinition:
         
             :returns: The new deconvolution layer, or :class:`None` if it could not be created.
         """
-    @typing.overload
-    def add_dequantize(self, input: ITensor, scale: ITensor) -> IDequantizeLayer:
-        """
-            Add a dequantization layer to the network.
-            See :class:`IDequantizeLayer` for more information.
-        
-            :arg input: A tensor to quantize.
-            :arg scale: A tensor with the scale coefficients.
-            :arg output_type: The datatype of the output tensor. Specifying output_type is optional (default value tensorrt.float32).
-        
-            :returns: The new dequantization layer, or :class:`None` if it could not be created.
-        """
-    @typing.overload
     def add_dequantize(self, input: ITensor, scale: ITensor, output_type: DataType) -> IDequantizeLayer:
         """
             Add a dequantization layer to the network.
@@ -3654,20 +3641,7 @@ class INetworkDefinition:
         
             :returns: The new element-wise layer, or :class:`None` if it could not be created.
         """
-    @typing.overload
     def add_fill(self, shape: Dims, op: FillOperation, output_type: DataType) -> IFillLayer:
-        """
-            Add a fill layer.
-            See :class:`IFillLayer` for more information.
-        
-            :arg dimensions: The output tensor dimensions.
-            :arg op: The fill operation that the layer applies.
-            :arg output_type: The datatype of the output tensor. Specifying output_type is optional (default value tensorrt.float32).
-        
-            :returns: The new fill layer, or :class:`None` if it could not be created.
-        """
-    @typing.overload
-    def add_fill(self, shape: Dims, op: FillOperation) -> IFillLayer:
         """
             Add a fill layer.
             See :class:`IFillLayer` for more information.
@@ -3891,19 +3865,6 @@ class INetworkDefinition:
         
             :returns: The new pooling layer, or :class:`None` if it could not be created.
         """
-    @typing.overload
-    def add_quantize(self, input: ITensor, scale: ITensor) -> IQuantizeLayer:
-        """
-            Add a quantization layer to the network.
-            See :class:`IQuantizeLayer` for more information.
-        
-            :arg input: A tensor to quantize.
-            :arg scale: A tensor with the scale coefficients.
-            :arg output_type: The datatype of the output tensor. Specifying output_type is optional (default value tensorrt.int8).
-        
-            :returns: The new quantization layer, or :class:`None` if it could not be created.
-        """
-    @typing.overload
     def add_quantize(self, input: ITensor, scale: ITensor, output_type: DataType) -> IQuantizeLayer:
         """
             Add a quantization layer to the network.
