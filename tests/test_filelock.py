@@ -10,6 +10,7 @@ import fcntl
 import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,17 +30,18 @@ def _append_token(path: str, worker: int) -> None:
         update_locked(path, add)
 
 
-def _append_token_unlocked(path: str, worker: int) -> None:
+def _append_token_unlocked(path: str, worker: int, barrier: Any) -> None:
+    # Every worker reads before any writes (the barrier), so without a lock all but one update is lost
+    # whatever the machine's load: the control cannot pass by luck.
     target = Path(path)
-    for i in range(UPDATES):
-        current = target.read_bytes() if target.is_file() else b""
-        time.sleep(0.01)
-        target.write_bytes(current + f"{worker}.{i}\n".encode())
+    current = target.read_bytes() if target.is_file() else b""
+    barrier.wait()
+    target.write_bytes(current + f"{worker}.0\n".encode())
 
 
-def _run_workers(target: object, path: Path) -> list[str]:
+def _run_workers(target: object, path: Path, *extra: object) -> list[str]:
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=target, args=(str(path), w)) for w in range(WORKERS)]
+    procs = [ctx.Process(target=target, args=(str(path), w, *extra)) for w in range(WORKERS)]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -52,8 +54,9 @@ def test_concurrent_updates_are_all_kept(tmp_path: Path) -> None:
     lines = _run_workers(_append_token, tmp_path / "timing.cache")
     assert sorted(lines) == sorted(f"{w}.{i}" for w in range(WORKERS) for i in range(UPDATES))
     # the control: the same workers without the lock lose updates (the race the lock exists for)
-    unlocked = _run_workers(_append_token_unlocked, tmp_path / "unlocked.cache")
-    assert len(unlocked) < WORKERS * UPDATES
+    ctx = multiprocessing.get_context("fork")
+    unlocked = _run_workers(_append_token_unlocked, tmp_path / "unlocked.cache", ctx.Barrier(WORKERS))
+    assert len(unlocked) == 1
 
 
 def test_the_lock_is_exclusive_and_on_a_separate_file(tmp_path: Path) -> None:
