@@ -1,13 +1,14 @@
 """FP16 / INT8 fidelity of precision variants on ONNX Runtime CPU against the pipeline's torch FP32 reference.
 
 Used for issue 13 (docs/precision.md, "Graph correctness"): FP16 with the GroupNorm normalisations
-(InstanceNormalization) in FP16 or kept FP32, and INT8 with the selection rule. It reads the artefacts a
-pipeline run left in ``--results`` (``onnx/<model>.sim.onnx``, ``calibration/<model>.int8.cache``,
-``reference/<model>.npz``), writes each variant's ONNX, ORT engine and bench JSON under ``--out`` and prints
-one line per variant: PQ / SQ / RQ and pixel agreement against torch FP32, and the instances matched.
+(InstanceNormalization) in FP16 or kept FP32 (``normalization_fp32``), and INT8 with the selection rule.
+It reads the artefacts a pipeline run left in ``--results`` (``onnx/<model>.sim.onnx``,
+``calibration/<model>.int8.cache``, ``reference/<model>.npz``), writes each variant's ONNX, ORT engine and
+bench JSON under ``--out`` and prints one line per variant: PQ / SQ / RQ and pixel agreement against torch
+FP32, and the instances matched.
 
     PYTHONPATH=src python benchmarks/graph_precision_fidelity.py --results results --out /tmp/variants \\
-        fp16 fp16-norm32 int8+fp32
+        fp16-norm16 fp16-norm32 int8+fp32
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from panoptic_deploy.export import prepare_verify_inputs
 from panoptic_deploy.modeling import INPUT_NAME
 from panoptic_deploy.precision import convert_fp16, quantize_int8
 
-VARIANTS = ("fp16", "fp16-norm32", "int8+fp32", "int8+fp16")
+VARIANTS = ("fp16-norm16", "fp16-norm32", "int8+fp32", "int8+fp16")
 
 
 def build(
@@ -32,8 +33,7 @@ def build(
     path = out / f"{variant}.onnx"
     if variant.startswith("fp16"):
         (batch,) = prepare_verify_inputs(config, [image], hw)
-        keep = ["InstanceNormalization"] if variant == "fp16-norm32" else []
-        convert_fp16(sim, path, {INPUT_NAME: batch}, keep_fp32_op_types=keep)
+        convert_fp16(sim, path, {INPUT_NAME: batch}, normalization_fp32=variant == "fp16-norm32")
     else:
         quantize_int8(sim, cache, path, high_precision=variant.split("+")[1])
     return path

@@ -431,3 +431,81 @@ def test_bypass_rewires_shared_qdq_and_keeps_the_quantized_reader() -> None:
     assert sorted(by_name) == ["argmax", "argmax2", "dq", "mm", "q"]
     assert "s2" not in {i.name for i in model.graph.initializer}
     onnx.checker.check_model(model, full_check=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FP16 normalisations
+
+
+class GroupNormNet(torch.nn.Module):
+    """Conv -> GroupNorm(4 groups) -> ReLU -> Conv: the head pattern (exported as InstanceNormalization)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(4, 16)
+        self.out = torch.nn.Conv2d(16, 4, 1)
+
+    def forward(self, image: Any) -> Any:
+        return self.out(torch.relu(self.norm(self.conv(image))))
+
+
+def _float_types_around(model: onnx.ModelProto, op_type: str) -> set[int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info]
+    }
+    types.update({i.name: i.data_type for i in inferred.graph.initializer})
+    return {types[t] for n in inferred.graph.node if n.op_type == op_type for t in [*n.input, *n.output] if t}
+
+
+def test_normalisations_are_fp32_by_default(tmp_path: Path) -> None:
+    torch.manual_seed(SEED)
+    fp32 = tmp_path / "gn.onnx"
+    image = np.random.default_rng(SEED).standard_normal((1, 3, 32, 48)).astype(np.float32)
+    program = torch.onnx.export(
+        GroupNormNet().eval(), (torch.from_numpy(image),), dynamo=True, opset_version=18,
+        input_names=["image"], output_names=["out"],
+    )  # fmt: skip
+    assert program is not None
+    program.save(str(fp32))
+    assert _float_types_around(onnx.load(str(fp32)), "InstanceNormalization") == {_FLOAT}
+    default, half = tmp_path / "gn.fp16.onnx", tmp_path / "gn.fp16.norm16.onnx"
+    convert_fp16(fp32, default, {"image": image})
+    convert_fp16(fp32, half, {"image": image}, normalization_fp32=False)
+    assert _float_types_around(onnx.load(str(default)), "InstanceNormalization") == {_FLOAT}
+    assert _float_types_around(onnx.load(str(half)), "InstanceNormalization") == {onnx.TensorProto.FLOAT16}
+    # The convolutions are FP16 in both.
+    for path in (default, half):
+        assert onnx.TensorProto.FLOAT16 in _float_types_around(onnx.load(str(path)), "Conv")
+    # The same rule for the FP16 rest of the INT8 TensorRT artefact.
+    cache = tmp_path / "gn.cache"
+    calibrate(fp32, [{"image": image}], "minmax", cache)
+    int8, int8_half = tmp_path / "gn.int8.onnx", tmp_path / "gn.int8.norm16.onnx"
+    quantize_int8(fp32, cache, int8, high_precision="fp16")
+    quantize_int8(fp32, cache, int8_half, high_precision="fp16", normalization_fp32=False)
+    assert _float_types_around(onnx.load(str(int8)), "InstanceNormalization") == {_FLOAT}
+    assert _float_types_around(onnx.load(str(int8_half)), "InstanceNormalization") == {
+        onnx.TensorProto.FLOAT16
+    }
+
+
+def test_calibration_after_int8_in_one_process(tmp_path: Path) -> None:
+    """ModelOpt patches ORT's calibrators process-wide; quantize_int8 undoes that, so a calibration after
+    it gives the same cache as before it (without the restore the second cache differs, or is empty)."""
+    torch.manual_seed(SEED)
+    fp32 = tmp_path / "gn.onnx"
+    image = np.random.default_rng(SEED + 1).standard_normal((1, 3, 32, 48)).astype(np.float32)
+    program = torch.onnx.export(
+        GroupNormNet().eval(), (torch.from_numpy(image),), dynamo=True, opset_version=18,
+        input_names=["image"], output_names=["out"],
+    )  # fmt: skip
+    assert program is not None
+    program.save(str(fp32))
+    for method in ("minmax", "entropy"):
+        before, after = tmp_path / f"before.{method}.cache", tmp_path / f"after.{method}.cache"
+        calibrate(fp32, [{"image": image}], method, before)
+        quantize_int8(fp32, before, tmp_path / "gn.int8.onnx", high_precision="fp32")
+        calibrate(fp32, [{"image": image}], method, after)
+        assert after.read_bytes() == before.read_bytes()

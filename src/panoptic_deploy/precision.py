@@ -76,6 +76,8 @@ _ENTROPY_QUANTIZED_BINS = 128
 _ENTROPY_START_BIN = 128
 # AutoCast keeps a node in FP32 when a value it reads or writes exceeds this magnitude (its CLI default).
 DEFAULT_FP16_DATA_MAX = 512.0
+# Normalisations ``convert_fp16(normalization_fp32=True)`` keeps in FP32.
+NORMALIZATION_OP_TYPES = ("InstanceNormalization", "GroupNormalization", "LayerNormalization")
 
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _ONNX_FLOAT = 1
@@ -221,6 +223,36 @@ def _quiet_modelopt() -> Iterator[None]:
             logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _ort_quantization_restored() -> Iterator[None]:
+    """Undo, on exit, ModelOpt's process-wide patches of ONNX Runtime's calibrator classes.
+
+    ModelOpt's ``quantize`` replaces methods of ORT's calibrators and quantizers for the whole process
+    (``modelopt.onnx.quantization.ort_patching.patch_ort_modules``); a later ``calibrate`` in the same
+    process then collects nothing ("calibration cache lists no tensors"). Measured: test_precision.py's
+    calibration tests failed when run after any ``quantize_int8`` in one pytest process.
+    """
+    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer
+
+    owners: list[Any] = [
+        calibrate,
+        calibrate.CalibraterBase,
+        calibrate.MinMaxCalibrater,
+        calibrate.HistogramCalibrater,
+        calibrate.HistogramCollector,
+        qdq_quantizer.QDQQuantizer,
+        base_quantizer.BaseQuantizer,
+    ]
+    saved = [(owner, dict(vars(owner))) for owner in owners]
+    try:
+        yield
+    finally:
+        for owner, attributes in saved:
+            for name, value in attributes.items():
+                if vars(owner).get(name) is not value:
+                    setattr(owner, name, value)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # ORT sessions for evaluation
 
@@ -275,6 +307,7 @@ def convert_fp16(
     data_max: float = DEFAULT_FP16_DATA_MAX,
     keep_fp32_op_types: Sequence[str] = (),
     keep_fp32_nodes: Sequence[str] = (),
+    normalization_fp32: bool = True,
 ) -> ConversionReport:
     """Mixed FP16 model with the original I/O dtypes, by ModelOpt AutoCast.
 
@@ -283,6 +316,11 @@ def convert_fp16(
     accumulations). Without it AutoCast uses random inputs, which miss image-scale ranges: pass a real image.
     ``keep_fp32_op_types`` / ``keep_fp32_nodes`` (regular expressions, full match on node names) force more
     nodes to stay FP32; each must match a node of ``onnx_in``.
+
+    ``normalization_fp32`` keeps the normalisation ops (``NORMALIZATION_OP_TYPES``: the decomposed GroupNorms
+    are InstanceNormalization over up to 126,464 values per group) in FP32 with explicit Casts, so that a
+    strongly typed TensorRT engine computes them in FP32 whatever its kernels do with FP16 statistics
+    (docs/precision.md, "GroupNorm in the FP16 model").
     """
     import onnx
     from modelopt.onnx.autocast import convert_to_mixed_precision
@@ -290,6 +328,12 @@ def convert_fp16(
     started = time.perf_counter()
     src = _load_model(onnx_in)
     keep_patterns = _check_exclusions(src, keep_fp32_op_types, keep_fp32_nodes, f"{onnx_in}: keep FP32")
+    present = {node.op_type for node in src.graph.node}
+    normalization = [
+        op
+        for op in NORMALIZATION_OP_TYPES
+        if normalization_fp32 and op in present and op not in keep_fp32_op_types
+    ]
     with tempfile.TemporaryDirectory(prefix="panoptic-fp16.") as tmp:
         calib_path = None
         if calibration_inputs is not None:
@@ -304,7 +348,7 @@ def convert_fp16(
                 keep_io_types=True,
                 calibration_data=calib_path,
                 data_max=data_max,
-                op_types_to_exclude=list(keep_fp32_op_types) or None,
+                op_types_to_exclude=list(keep_fp32_op_types) + normalization or None,
                 nodes_to_exclude=keep_patterns or None,
                 providers=["cpu"],
             )
@@ -615,6 +659,7 @@ def quantize_int8(
     *,
     exclude_op_types: Sequence[str] = (),
     exclude_nodes: Sequence[str] = (),
+    normalization_fp32: bool = True,
 ) -> ConversionReport:
     """Explicit Q/DQ INT8 model from ``onnx_in`` (FP32) and the calibration ``cache``, by ModelOpt PTQ.
 
@@ -633,6 +678,9 @@ def quantize_int8(
     excluded, and afterwards neither they nor any ``SELECTION_OP_TYPES`` node read a DequantizeLinear (an
     input shared with a quantized reader is rewired to the unquantized tensor).
 
+    ``normalization_fp32`` keeps the normalisations FP32 in an FP16/BF16 high-precision graph, as
+    ``convert_fp16`` does.
+
     ModelOpt still runs the model once on random data internally (its calibrator always runs); every
     activation scale is then replaced from the cache, which this function verifies on the output.
     """
@@ -649,6 +697,8 @@ def quantize_int8(
     node_patterns = _check_exclusions(src, exclude_op_types, exclude_nodes, f"{onnx_in}: INT8 exclusion")
     selection = selection_only_nodes(src)
     node_patterns += [f"{re.escape(name)}$" for name in selection if name]
+    present = {node.op_type for node in src.graph.node}
+    normalization = [op for op in NORMALIZATION_OP_TYPES if normalization_fp32 and op in present]
     with tempfile.TemporaryDirectory(prefix="panoptic-int8.") as tmp:
         # A private copy: ModelOpt writes '<name>_opset19.onnx' next to its input, which would collide
         # between two quantize runs on the same model (TensorRT artefact and CPU twin).
@@ -657,7 +707,7 @@ def quantize_int8(
         trt_cache = Path(tmp) / "calibration.trt.cache"
         trt_cache.write_text(format_tensorrt_cache(amax), encoding="utf-8")
         quantized = Path(tmp) / "model.int8.onnx"
-        with _quiet_modelopt():
+        with _quiet_modelopt(), _ort_quantization_restored():
             quantize(
                 str(model_copy),
                 quantize_mode="int8",
@@ -667,6 +717,7 @@ def quantize_int8(
                 high_precision_dtype=high_precision,
                 op_types_to_exclude=list(exclude_op_types) or None,
                 nodes_to_exclude=node_patterns or None,
+                op_types_to_exclude_fp16=normalization or None,
                 output_path=str(quantized),
                 log_level="WARNING",
             )
