@@ -509,3 +509,51 @@ def test_calibration_after_int8_in_one_process(tmp_path: Path) -> None:
         quantize_int8(fp32, before, tmp_path / "gn.int8.onnx", high_precision="fp32")
         calibrate(fp32, [{"image": image}], method, after)
         assert after.read_bytes() == before.read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole network (tests/pipeline_artifacts.py: the demo config at 64×96 with narrow heads)
+
+
+@pytest.fixture(scope="module")
+def network_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import pipeline_artifacts as pa
+    from panoptic_deploy.export import prepare_verify_inputs
+
+    art = pa.simplified(tmp_path_factory)
+    assert art.sim_onnx is not None
+    root = tmp_path_factory.mktemp("graph_precision_network")
+    (image,) = prepare_verify_inputs(pa.CONFIG, art.images[:1], pa.INPUT_HW, pa.OPTS)
+    paths = {"fp32": art.sim_onnx, "fp16": root / "net.fp16.onnx"}
+    convert_fp16(art.sim_onnx, paths["fp16"], {"image": image})
+    cache = root / "net.int8.cache"
+    calibrate(art.sim_onnx, [{"image": image}], "minmax", cache)
+    for high in ("fp32", "fp16"):
+        paths[f"int8+{high}"] = root / f"net.int8.{high}.onnx"
+        quantize_int8(art.sim_onnx, cache, paths[f"int8+{high}"], high_precision=high)
+    return paths
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_network_index_arithmetic_and_selection_inputs(
+    network_models: dict[str, Path], precision: str
+) -> None:
+    """The exported network in every precision: index tensors integer, no CumSum, no selection input
+    behind a Q/DQ, normalisations FP32 wherever the rest is FP16."""
+    model = onnx.load(str(network_models[precision]))
+    tensors = index_tensor_types(model)
+    assert "inst_classes" in tensors and len(tensors) >= 20
+    assert {name: t for name, t in tensors.items() if t not in _INTEGER_TYPES} == {}
+    assert not any(n.op_type == "CumSum" for n in model.graph.node)
+    assert _dq_readers(model, SELECTION_OP_TYPES) == []
+    assert _float_types_around(model, "InstanceNormalization") == {_FLOAT}
+    if precision.startswith("int8"):
+        src = onnx.load(str(network_models["fp32"]))
+        selection = set(selection_only_nodes(src))
+        # The 5 centre output convs only rank: unquantized; the other convs read Q/DQ.
+        centre_convs = [n for n in src.graph.node if n.op_type == "Conv" and n.name in selection]
+        assert len(centre_convs) == 5
+        dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        fed = {n.name: bool(set(n.input) & dq) for n in model.graph.node if n.op_type == "Conv"}
+        assert not any(fed[n.name] for n in centre_convs)
+        assert sum(fed.values()) >= len(fed) - 5 - 2  # all but the centre convs (and maybe the stem/last)
