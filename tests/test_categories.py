@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pipeline_artifacts as pa
 from panoptic_deploy.categories import (
     COCO,
     NUM_STUFF_CLASSES,
@@ -244,3 +245,55 @@ def test_category_type_is_unchanged() -> None:
     """The per-category record is the same small dataclass for COCO and custom sets."""
     cat = scene_category_set().by_id[1]
     assert isinstance(cat, Category) and cat.isthing and cat.name == "circle"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reference, bench and report carry the model's set
+
+
+def test_reference_bench_and_report_use_the_models_categories(tmp_path: Path) -> None:
+    from panoptic_deploy.bench import read_bench, read_reference, run_bench, write_reference
+    from panoptic_deploy.panoptic_format import write_panoptic_json
+    from panoptic_deploy.report import write_report
+
+    opts = [*pa.OPTS, *HEADS_6_4]
+    weights = tmp_path / "w.pth"
+    write_synthetic_checkpoint(CONFIG, 1, weights, opts=opts)
+    ds = tmp_path / "ds"
+    make_dataset(4, 2, ds, pa.INPUT_HW)
+    cats = load_category_set(ds / "panoptic.json")
+    images = sorted((ds / "images").iterdir())
+    with pytest.raises(PanopticDeployError, match="do not match the category set coco"):
+        write_reference(CONFIG, weights, images, tmp_path / "coco.npz", pa.INPUT_HW, opts)
+    write_reference(CONFIG, weights, images, tmp_path / "ref.npz", pa.INPUT_HW, opts, categories=cats)
+    ref = read_reference(tmp_path / "ref.npz")
+    assert ref.categories.categories == cats.categories
+    for image in ref.images:
+        for s in image.panoptic.segments:
+            assert cats.dataset_id(s["category_id"], s["isthing"]) == s["dataset_category_id"]
+
+    out = tmp_path / "bench.json"
+    result = run_bench(
+        "torch", "fp32", config=CONFIG, opts=opts, reference=tmp_path / "ref.npz", weights=weights,
+        device="cpu", warmup=0, iterations=1, threads=2, gt_json=ds / "panoptic.json", gt_dir=ds / "panoptic",
+        output=out,
+    )  # fmt: skip
+    assert result.accuracy.panoptic.pq == 1.0  # torch FP32 against its own reference
+    assert result.ground_truth is not None and result.ground_truth.num_images == 2
+    back = read_bench(out)
+    assert back.categories is not None and back.categories.categories == cats.categories
+
+    # Ground truth with other categories than the model's: one line naming both.
+    other = tmp_path / "other.json"
+    data = json.loads((ds / "panoptic.json").read_text())
+    write_panoptic_json(other, [], COCO.categories)
+    other.write_text(json.dumps(dict(json.loads(other.read_text()), annotations=data["annotations"])))
+    with pytest.raises(PanopticDeployError, match="not the model's category set") as info:
+        run_bench(
+            "torch", "fp32", config=CONFIG, opts=opts, reference=tmp_path / "ref.npz", weights=weights,
+            device="cpu", warmup=0, iterations=1, gt_json=other, gt_dir=ds / "panoptic",
+        )  # fmt: skip
+    assert "\n" not in str(info.value)
+
+    summary = write_report([out], tmp_path / "report.md", plots_dir=tmp_path / "plots")
+    assert any(Path(p).name.startswith("panoptic") for p in summary.plots)
