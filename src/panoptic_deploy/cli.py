@@ -22,6 +22,19 @@ def _cmd_make_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_dataset(args: argparse.Namespace) -> int:
+    from panoptic_deploy.dataset import DEFAULT_SIZE, make_dataset, parse_size
+
+    size = parse_size(args.size) if args.size else DEFAULT_SIZE
+    summary = make_dataset(
+        args.seed, args.count, args.output, size, image_format=args.image_format, force=args.force
+    )
+    print(
+        f"wrote {summary.output}: {summary.images} scenes of {size[0]}x{size[1]}, {summary.segments} segments"
+    )
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from panoptic_deploy.predict import predict_files
 
@@ -33,6 +46,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         opts=args.opts,
         threads=args.threads,
         progress=not args.no_progress,
+        categories=args.categories,
+        coco_json=args.coco_json,
     )
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
@@ -99,6 +114,7 @@ def _cmd_simplify(args: argparse.Namespace) -> int:
 
 def _cmd_reference(args: argparse.Namespace) -> int:
     from panoptic_deploy.bench import write_reference
+    from panoptic_deploy.categories import load_category_set
 
     reference = write_reference(
         args.config,
@@ -109,6 +125,7 @@ def _cmd_reference(args: argparse.Namespace) -> int:
         opts=args.opts,
         model_name=args.model,
         threads=args.threads,
+        categories=load_category_set(args.categories),
     )
     print(
         f"wrote {args.output}: torch FP32 reference of {reference.model} on {len(reference.images)} image(s)"
@@ -207,6 +224,16 @@ def _add_opts(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_categories(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--categories",
+        default="coco",
+        metavar="coco|JSON",
+        help="the model's category set: coco (default) or a JSON file with a COCO panoptic 'categories' "
+        "list (e.g. a generated dataset's panoptic.json); the config's head sizes must fit it",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panoptic-deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -219,6 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_opts(p)
     p.set_defaults(func=_cmd_make_weights)
 
+    p = sub.add_parser(
+        "make-dataset", help="generate a deterministic panoptic dataset (COCO panoptic layout)"
+    )
+    p.add_argument(
+        "--seed", type=int, required=True, help="dataset seed (scene i depends on seed and i only)"
+    )
+    p.add_argument("--count", type=int, required=True, help="number of scenes")
+    p.add_argument("--output", required=True, help="output folder (images/, panoptic/, panoptic.json)")
+    p.add_argument("--size", default=None, metavar="HxW", help="scene size (default 256x320)")
+    p.add_argument("--image-format", choices=["png", "jpg"], default="png",
+                   help="scene files: png (default; lossless) or jpg (quality 95, smaller)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace a dataset already in --output")
+    p.set_defaults(func=_cmd_make_dataset)
+
     p = sub.add_parser("predict", help="panoptic prediction to COCO panoptic PNG + JSON per image")
     p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
     p.add_argument("--weights", required=True, help="checkpoint: detectron2 .pth or model-zoo .pkl")
@@ -226,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_categories(p)
+    p.add_argument("--coco-json", default=None, metavar="FILE",
+                   help="also write one COCO panoptic predictions JSON for all images (dataset category ids; "
+                   "'pq --pred-json FILE --pred-dir OUTPUT' reads it)")  # fmt: skip
     p.add_argument("images", nargs="+", help="input images")
     p.set_defaults(func=_cmd_predict)
 
@@ -279,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name to record (default: the output file stem)")
     _add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    _add_categories(p)
     p.add_argument("images", nargs="+", help="evaluation images (all must pad to the same size)")
     p.set_defaults(func=_cmd_reference)
 

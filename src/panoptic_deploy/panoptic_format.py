@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from panoptic_deploy.categories import CATEGORY_BY_ID, Category, coco_id_from_contiguous
+from panoptic_deploy.categories import CATEGORY_BY_ID, COCO, Category, CategorySet
 from panoptic_deploy.errors import PanopticFormatError
 from panoptic_deploy.fileio import atomic_path, write_text_atomic
 
@@ -198,6 +198,19 @@ def _parse_category(obj: Any, where: str) -> Category:
     return Category(id=cat_id, name=str(name), isthing=bool(isthing), color=color)
 
 
+def parse_categories(data: Any, source: str) -> tuple[Category, ...]:
+    """Validate a decoded COCO panoptic ``categories`` list (``source`` names it in messages)."""
+    if not isinstance(data, list):
+        raise PanopticFormatError(f"{source}: 'categories' must be a list")
+    categories = tuple(_parse_category(c, f"{source}: categories[{i}]") for i, c in enumerate(data))
+    seen: set[int] = set()
+    for c in categories:
+        if c.id in seen:
+            raise PanopticFormatError(f"{source}: category id {c.id} listed twice")
+        seen.add(c.id)
+    return categories
+
+
 def _parse_image(obj: Any, where: str) -> ImageInfo:
     if not isinstance(obj, dict):
         raise PanopticFormatError(f"{where}: must be an object, got {type(obj).__name__}")
@@ -243,15 +256,7 @@ def parse_panoptic_json(data: Any, source: str, *, require_categories: bool) -> 
 
     categories: tuple[Category, ...] | None = None
     if "categories" in data:
-        if not isinstance(data["categories"], list):
-            raise PanopticFormatError(f"{source}: 'categories' must be a list")
-        categories = tuple(
-            _parse_category(c, f"{source}: categories[{i}]") for i, c in enumerate(data["categories"])
-        )
-        ids = [c.id for c in categories]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            raise PanopticFormatError(f"{source}: category id {dup[0]} listed twice")
+        categories = parse_categories(data["categories"], source)
     elif require_categories:
         raise PanopticFormatError(f"{source}: missing list 'categories'")
 
@@ -313,11 +318,15 @@ def write_panoptic_json(
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
-def segments_from_model_output(segments: Sequence[Mapping[str, Any]]) -> tuple[SegmentInfo, ...]:
-    """The model's ``panoptic_seg`` segment dicts (contiguous ``category_id`` + ``isthing``) -> COCO ids.
+def segments_from_model_output(
+    segments: Sequence[Mapping[str, Any]], categories: CategorySet | None = None
+) -> tuple[SegmentInfo, ...]:
+    """The model's ``panoptic_seg`` segment dicts (contiguous ``category_id`` + ``isthing``) -> dataset ids
+    of ``categories`` (default COCO).
 
     Areas are dropped: for predictions the evaluation always counts pixels in the id map.
     """
+    cats = COCO if categories is None else categories
     out = []
     for j, seg in enumerate(segments):
         try:
@@ -325,8 +334,8 @@ def segments_from_model_output(segments: Sequence[Mapping[str, Any]]) -> tuple[S
         except KeyError as exc:
             raise PanopticFormatError(f"segments[{j}]: missing key {exc}") from None
         try:
-            coco_id = coco_id_from_contiguous(cat, isthing)
+            dataset_id = cats.dataset_id(cat, isthing)
         except PanopticFormatError as exc:
             raise PanopticFormatError(f"segments[{j}] (id {seg_id}): {exc}") from None
-        out.append(SegmentInfo(id=seg_id, category_id=coco_id))
+        out.append(SegmentInfo(id=seg_id, category_id=dataset_id))
     return tuple(out)
