@@ -22,6 +22,19 @@ def _cmd_make_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_dataset(args: argparse.Namespace) -> int:
+    from panoptic_deploy.dataset import DEFAULT_SIZE, make_dataset, parse_size
+
+    size = parse_size(args.size) if args.size else DEFAULT_SIZE
+    summary = make_dataset(
+        args.seed, args.count, args.output, size, image_format=args.image_format, force=args.force
+    )
+    print(
+        f"wrote {summary.output}: {summary.images} scenes of {size[0]}x{size[1]}, {summary.segments} segments"
+    )
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from panoptic_deploy.predict import predict_files
 
@@ -216,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output checkpoint (.pth, detectron2 format)")
     _add_opts(p)
     p.set_defaults(func=_cmd_make_weights)
+
+    p = sub.add_parser(
+        "make-dataset", help="generate a deterministic panoptic dataset (COCO panoptic layout)"
+    )
+    p.add_argument(
+        "--seed", type=int, required=True, help="dataset seed (scene i depends on seed and i only)"
+    )
+    p.add_argument("--count", type=int, required=True, help="number of scenes")
+    p.add_argument("--output", required=True, help="output folder (images/, panoptic/, panoptic.json)")
+    p.add_argument("--size", default=None, metavar="HxW", help="scene size (default 256x320)")
+    p.add_argument("--image-format", choices=["png", "jpg"], default="png",
+                   help="scene files: png (default; lossless) or jpg (quality 95, smaller)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace a dataset already in --output")
+    p.set_defaults(func=_cmd_make_dataset)
 
     p = sub.add_parser("predict", help="panoptic prediction to COCO panoptic PNG + JSON per image")
     p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")

@@ -198,6 +198,19 @@ def _parse_category(obj: Any, where: str) -> Category:
     return Category(id=cat_id, name=str(name), isthing=bool(isthing), color=color)
 
 
+def parse_categories(data: Any, source: str) -> tuple[Category, ...]:
+    """Validate a decoded COCO panoptic ``categories`` list (``source`` names it in messages)."""
+    if not isinstance(data, list):
+        raise PanopticFormatError(f"{source}: 'categories' must be a list")
+    categories = tuple(_parse_category(c, f"{source}: categories[{i}]") for i, c in enumerate(data))
+    seen: set[int] = set()
+    for c in categories:
+        if c.id in seen:
+            raise PanopticFormatError(f"{source}: category id {c.id} listed twice")
+        seen.add(c.id)
+    return categories
+
+
 def _parse_image(obj: Any, where: str) -> ImageInfo:
     if not isinstance(obj, dict):
         raise PanopticFormatError(f"{where}: must be an object, got {type(obj).__name__}")
@@ -243,15 +256,7 @@ def parse_panoptic_json(data: Any, source: str, *, require_categories: bool) -> 
 
     categories: tuple[Category, ...] | None = None
     if "categories" in data:
-        if not isinstance(data["categories"], list):
-            raise PanopticFormatError(f"{source}: 'categories' must be a list")
-        categories = tuple(
-            _parse_category(c, f"{source}: categories[{i}]") for i, c in enumerate(data["categories"])
-        )
-        ids = [c.id for c in categories]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            raise PanopticFormatError(f"{source}: category id {dup[0]} listed twice")
+        categories = parse_categories(data["categories"], source)
     elif require_categories:
         raise PanopticFormatError(f"{source}: missing list 'categories'")
 
