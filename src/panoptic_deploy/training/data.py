@@ -20,34 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from panoptic_deploy.categories import CategorySet
 from panoptic_deploy.errors import PanopticFormatError
 from panoptic_deploy.panoptic_format import PanopticAnnotation, load_panoptic_json, read_panoptic_png
 from panoptic_deploy.preprocess import padded_shape, read_image, resized_shape
 from panoptic_deploy.training.targets import BatchTargets, Sample, TargetParams, build_targets
 
 IGNORE_LABEL = 255
-
-
-@dataclass(frozen=True)
-class ContiguousIds:
-    """detectron2's 'panoptic separated' numbering of a category list: things 0..T-1 and stuff 1..S in
-    ascending dataset id (stuff channel 0 is the merged things class)."""
-
-    thing: dict[int, int]
-    stuff: dict[int, int]
-
-    @classmethod
-    def from_categories(cls, categories: Sequence[tuple[int, bool]]) -> ContiguousIds:
-        things = sorted(cid for cid, isthing in categories if isthing)
-        stuff = sorted(cid for cid, isthing in categories if not isthing)
-        return cls({cid: i for i, cid in enumerate(things)}, {cid: i + 1 for i, cid in enumerate(stuff)})
-
-    def dataset_id(self, contiguous: int, isthing: bool) -> int:
-        table = self.thing if isthing else self.stuff
-        for cid, index in table.items():
-            if index == contiguous:
-                return cid
-        raise KeyError(f"no {'thing' if isthing else 'stuff'} category with contiguous id {contiguous}")
 
 
 @dataclass(frozen=True)
@@ -89,14 +68,8 @@ class PanopticDataset(torch.utils.data.Dataset[Sample]):
         self.root = Path(root)
         json_path = self.root / "panoptic.json"
         data = load_panoptic_json(json_path, require_categories=True)
-        assert data.categories is not None
-        self.ids = ContiguousIds.from_categories([(c.id, c.isthing) for c in data.categories])
-        if len(self.ids.thing) != num_thing_classes or len(self.ids.stuff) + 1 != num_stuff_classes:
-            raise PanopticFormatError(
-                f"{json_path}: {len(self.ids.thing)} thing and {len(self.ids.stuff)} stuff categories, but the "
-                f"config has POSITION_HEAD.THING.NUM_CLASSES {num_thing_classes} and "
-                f"POSITION_HEAD.STUFF.NUM_CLASSES {num_stuff_classes} (stuff + 1)"
-            )
+        self.categories = CategorySet.load(json_path)
+        self.categories.check_head_sizes(num_thing_classes, num_stuff_classes)
         images = {img.id: img.file_name for img in data.images}
         self.items: list[tuple[Path, Path, PanopticAnnotation]] = []
         for ann in data.annotations:
@@ -134,14 +107,37 @@ class PanopticDataset(torch.utils.data.Dataset[Sample]):
         size = rng.choice(self.settings.min_sizes)
         new_h, new_w = resized_shape(image.shape[0], image.shape[1], size, self.settings.max_size)
         flip = self.settings.flip and rng.random() < 0.5
-        return make_sample(image, ids, segments, self.ids, (new_h, new_w), flip, self.settings)
+        return make_sample(image, ids, segments, self.categories, (new_h, new_w), flip, self.settings)
+
+
+class ConcatPanoptic:
+    """Several :class:`PanopticDataset` folders as one index space (same categories required)."""
+
+    def __init__(self, parts: Sequence[PanopticDataset]) -> None:
+        if not parts:
+            raise PanopticFormatError("no dataset folder given")
+        for part in parts[1:]:
+            if part.categories.categories != parts[0].categories.categories:
+                raise PanopticFormatError(f"{part.root}: its categories differ from those of {parts[0].root}")
+        self.parts = list(parts)
+        self.categories = parts[0].categories
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def sample(self, index: int, key: str) -> Sample:
+        for part in self.parts:
+            if index < len(part):
+                return part.sample(index, key)
+            index -= len(part)
+        raise IndexError(index)
 
 
 def make_sample(
     image: np.ndarray,
     ids: np.ndarray,
     segments: Sequence[tuple[int, int, bool]],
-    contiguous: ContiguousIds,
+    categories: CategorySet,
     size: tuple[int, int],
     flip: bool,
     settings: InputSettings,
@@ -159,19 +155,21 @@ def make_sample(
     ids = np.ascontiguousarray(ids).astype(np.int64)
     semantic = np.full(ids.shape, IGNORE_LABEL, np.int64)
     classes, masks, boxes = [], [], []
+    thing_ids = categories.thing_dataset_id_to_contiguous_id
+    stuff_ids = categories.stuff_dataset_id_to_contiguous_id
     for seg_id, category, crowd in segments:
         region = ids == seg_id
-        if category in contiguous.thing:
+        if category in thing_ids:
             semantic[region] = 0
             if crowd or not region.any():
                 continue
             rows = np.flatnonzero(region.any(axis=1))
             cols = np.flatnonzero(region.any(axis=0))
-            classes.append(contiguous.thing[category])
+            classes.append(thing_ids[category])
             masks.append(region)
             boxes.append((cols[0], rows[0], cols[-1] + 1, rows[-1] + 1))
-        elif category in contiguous.stuff:
-            semantic[region] = contiguous.stuff[category]
+        elif category in stuff_ids:
+            semantic[region] = stuff_ids[category]
         else:
             raise PanopticFormatError(f"segment {seg_id} has category {category}, not in the categories list")
     tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(torch.float32)

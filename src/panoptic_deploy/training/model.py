@@ -46,6 +46,7 @@ def frozen_bn_to_bn(model: nn.Module) -> int:
     for parent, name, child in list(_named_children_recursive(model)):
         if isinstance(child, FrozenBatchNorm2d):
             bn = nn.BatchNorm2d(child.num_features, eps=child.eps)
+            assert bn.running_mean is not None and bn.running_var is not None
             with torch.no_grad():
                 bn.weight.copy_(child.weight)
                 bn.bias.copy_(child.bias)
@@ -129,6 +130,7 @@ def init_for_training(model: PanopticFCN, bias_value: float, seed: int) -> None:
                 bound = math.sqrt(6.0 / (module.weight[0].numel()))
                 nn.init.uniform_(module.weight, -bound, bound)
         for conv in (model.position_head.out_inst, model.position_head.out_sem):
+            assert conv.bias is not None
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.constant_(conv.bias, bias_value)
         for conv in (
@@ -136,6 +138,7 @@ def init_for_training(model: PanopticFCN, bias_value: float, seed: int) -> None:
             model.thing_generator.embed_extractor,
             model.stuff_generator.embed_extractor,
         ):
+            assert conv.bias is not None
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
     finally:

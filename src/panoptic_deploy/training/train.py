@@ -28,7 +28,7 @@ from panoptic_deploy.config import CfgNode, load_config
 from panoptic_deploy.errors import CheckpointError, ConfigError
 from panoptic_deploy.fileio import atomic_path, write_text_atomic
 from panoptic_deploy.modeling import PanopticFCN, build_model
-from panoptic_deploy.training.data import Collate, InputSettings, PanopticDataset
+from panoptic_deploy.training.data import Collate, ConcatPanoptic, InputSettings, PanopticDataset
 from panoptic_deploy.training.losses import LossParams, panoptic_losses
 from panoptic_deploy.training.model import (
     bn_to_frozen_bn,
@@ -112,7 +112,7 @@ def lr_at(i: int, p: SolverParams) -> float:
             decay = (1.0 - i / p.max_iter) ** p.poly_power
             if decay < p.poly_constant_ending:
                 return p.base_lr * p.poly_constant_ending
-        return p.base_lr * warm * max(0.0, 1.0 - i / p.max_iter) ** p.poly_power
+        return float(p.base_lr * warm * max(0.0, 1.0 - i / p.max_iter) ** p.poly_power)
     return p.base_lr * warm * p.gamma ** sum(1 for s in p.steps if s <= i)
 
 
@@ -160,9 +160,9 @@ class StreamSampler(torch.utils.data.Sampler[int]):
 
 
 class StreamDataset(torch.utils.data.Dataset[Any]):
-    """Maps a stream position to (epoch permutation entry, augmentation seed) of a :class:`PanopticDataset`."""
+    """Stream position -> (epoch permutation entry, augmentation key) of a :class:`PanopticDataset`."""
 
-    def __init__(self, dataset: PanopticDataset, seed: int) -> None:
+    def __init__(self, dataset: ConcatPanoptic, seed: int) -> None:
         self.dataset = dataset
         self.seed = seed
         self._perms: dict[int, list[int]] = {}
@@ -262,7 +262,7 @@ def folded_copy(model: nn.Module, cfg: CfgNode) -> PanopticFCN:
 
 def train(
     config: str | os.PathLike[str],
-    dataset_dir: str | os.PathLike[str],
+    dataset_dirs: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     work_dir: str | os.PathLike[str],
     opts: Sequence[str] = (),
@@ -281,7 +281,7 @@ def train(
     model = build_training_model(cfg, o.seed, o.trainable_bn).to(device)
     cuda = device.type == "cuda"
     if cuda:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -296,11 +296,12 @@ def train(
 
     target_params = TargetParams.from_config(cfg)
     loss_params = LossParams.from_config(cfg)
-    dataset = PanopticDataset(
-        dataset_dir,
-        InputSettings.from_config(cfg),
-        target_params.num_thing_classes,
-        target_params.num_stuff_classes,
+    settings = InputSettings.from_config(cfg)
+    dataset = ConcatPanoptic(
+        [
+            PanopticDataset(d, settings, target_params.num_thing_classes, target_params.num_stuff_classes)
+            for d in dataset_dirs
+        ]
     )
     batch = solver.ims_per_batch
     loader = torch.utils.data.DataLoader(
