@@ -436,6 +436,17 @@ def _eval_image_of_another_size(cfg: dict[str, Any], workdir: Path) -> None:
     shutil.copy2(DEMO / "eval" / "astronaut.png", workdir / "images/eval/astronaut.png")  # pads to 64×64
 
 
+def _missing_categories_file(cfg: dict[str, Any], workdir: Path) -> None:
+    cfg["model"]["categories"] = "labels/no_such.json"
+
+
+def _heads_that_do_not_fit_the_categories(cfg: dict[str, Any], workdir: Path) -> None:
+    from panoptic_deploy.dataset import scene_category_set
+
+    (workdir / "scenes.json").write_text(json.dumps(scene_category_set().to_json()), encoding="utf-8")
+    cfg["model"]["categories"] = "scenes.json"  # 6 things, 4 stuff; the config's heads are COCO's 80 / 54
+
+
 def _tensorrt_where_it_cannot_run(cfg: dict[str, Any], workdir: Path) -> None:
     if _tensorrt_runs():
         pytest.skip("TensorRT runs on this machine")
@@ -462,6 +473,17 @@ def _trtexec_required_without_tensorrt(cfg: dict[str, Any], workdir: Path) -> No
         ),
         (_unknown_precision, ["precisions.1", "'int4'"]),
         (_eval_image_of_another_size, ["model.input_sizes", "images/eval/astronaut.png", "[64, 64]"]),
+        (_missing_categories_file, ["model.categories", "labels/no_such.json", "category file not found"]),
+        (
+            _heads_that_do_not_fit_the_categories,
+            [
+                "model.categories",
+                "THING.NUM_CLASSES = 80",
+                "STUFF.NUM_CLASSES = 54",
+                "scenes.json",
+                "expects 6 and 5",
+            ],
+        ),
         (_tensorrt_where_it_cannot_run, ["backends", "tensorrt was asked for but cannot run here"]),
         (
             _trtexec_required_without_tensorrt,

@@ -11,9 +11,11 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from panoptic_deploy.errors import PanopticFormatError
 
@@ -170,8 +172,6 @@ class CategorySet:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CategorySet:
         """Read a JSON file: a COCO panoptic JSON (its ``categories``) or a bare list of categories."""
-        from panoptic_deploy.panoptic_format import parse_categories
-
         p = Path(path)
         if not p.is_file():
             raise PanopticFormatError(f"{p}: category file not found")
@@ -183,45 +183,46 @@ class CategorySet:
             if "categories" not in data:
                 raise PanopticFormatError(f"{p}: no 'categories' list")
             data = data["categories"]
-        return cls.from_categories(parse_categories(data, str(p)), source=str(p))
+        return cls.from_json(data, str(p))
 
     # -- derived tables ------------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def things(self) -> tuple[Category, ...]:
         """Thing categories in contiguous order (index = contiguous id)."""
         return tuple(c for c in self.categories if c.isthing)
 
-    @property
+    @cached_property
     def stuff(self) -> tuple[Category, ...]:
         """Stuff categories in contiguous order (index + 1 = contiguous id / stuff-head channel)."""
         return tuple(c for c in self.categories if not c.isthing)
 
-    @property
+    @cached_property
     def num_things(self) -> int:
         """T: thing classes (``THING.NUM_CLASSES``)."""
         return len(self.things)
 
-    @property
+    @cached_property
     def num_stuff(self) -> int:
         """S: stuff classes; the stuff head has S + 1 channels (``STUFF.NUM_CLASSES``)."""
         return len(self.stuff)
 
-    @property
+    @cached_property
     def thing_dataset_id_to_contiguous_id(self) -> dict[int, int]:
         return {c.id: k for k, c in enumerate(self.things)}
 
-    @property
+    @cached_property
     def stuff_dataset_id_to_contiguous_id(self) -> dict[int, int]:
         return {c.id: k + 1 for k, c in enumerate(self.stuff)}
 
-    @property
+    @cached_property
     def by_id(self) -> dict[int, Category]:
         return {c.id: c for c in self.categories}
 
     @property
     def is_coco(self) -> bool:
-        return self.categories == COCO_CATEGORIES
+        """Whether this is COCO's set (same ids and thing/stuff split; names and colours may differ)."""
+        return [(c.id, c.isthing) for c in self.categories] == [(c.id, c.isthing) for c in COCO_CATEGORIES]
 
     def dataset_id(self, contiguous_id: int, isthing: bool) -> int:
         """Dataset category id of a model segment (contiguous ``category_id`` + ``isthing``)."""
@@ -260,6 +261,18 @@ class CategorySet:
             f"({self.num_things} things, {self.num_stuff} stuff: expects {self.num_things} and "
             f"{self.num_stuff + 1}, stuff channel 0 being the merged things class)"
         )
+
+    def check_config(self, cfg: Mapping[str, Any], config: str = "config") -> None:
+        """:meth:`check_head_sizes` with the head sizes of a loaded model config (``cfg.MODEL...``)."""
+        head = cfg["MODEL"]["POSITION_HEAD"]
+        self.check_head_sizes(int(head["THING"]["NUM_CLASSES"]), int(head["STUFF"]["NUM_CLASSES"]), config)
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> CategorySet:
+        """From a decoded ``categories`` list (e.g. what :meth:`to_json` wrote)."""
+        from panoptic_deploy.panoptic_format import parse_categories
+
+        return cls.from_categories(parse_categories(data, source), source=source)
 
     def to_json(self) -> list[dict[str, object]]:
         """The COCO panoptic ``categories`` list."""

@@ -46,6 +46,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         opts=args.opts,
         threads=args.threads,
         progress=not args.no_progress,
+        categories=args.categories,
+        coco_json=args.coco_json,
     )
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
@@ -112,6 +114,7 @@ def _cmd_simplify(args: argparse.Namespace) -> int:
 
 def _cmd_reference(args: argparse.Namespace) -> int:
     from panoptic_deploy.bench import write_reference
+    from panoptic_deploy.categories import load_category_set
 
     reference = write_reference(
         args.config,
@@ -122,6 +125,7 @@ def _cmd_reference(args: argparse.Namespace) -> int:
         opts=args.opts,
         model_name=args.model,
         threads=args.threads,
+        categories=load_category_set(args.categories),
     )
     print(
         f"wrote {args.output}: torch FP32 reference of {reference.model} on {len(reference.images)} image(s)"
@@ -242,6 +246,16 @@ def _add_opts(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_categories(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--categories",
+        default="coco",
+        metavar="coco|JSON",
+        help="the model's category set: coco (default) or a JSON file with a COCO panoptic 'categories' "
+        "list (e.g. a generated dataset's panoptic.json); the config's head sizes must fit it",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panoptic-deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -293,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_categories(p)
+    p.add_argument("--coco-json", default=None, metavar="FILE",
+                   help="also write one COCO panoptic predictions JSON for all images (dataset category ids; "
+                   "'pq --pred-json FILE --pred-dir OUTPUT' reads it)")  # fmt: skip
     p.add_argument("images", nargs="+", help="input images")
     p.set_defaults(func=_cmd_predict)
 
@@ -346,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name to record (default: the output file stem)")
     _add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    _add_categories(p)
     p.add_argument("images", nargs="+", help="evaluation images (all must pad to the same size)")
     p.set_defaults(func=_cmd_reference)
 

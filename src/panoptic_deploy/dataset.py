@@ -299,7 +299,8 @@ def _thing_mask(rng: np.random.Generator, t: _Thing, h: int, w: int) -> BoolMap:
 
 
 def _place_things(rng: np.random.Generator, h: int, w: int) -> list[_Thing]:
-    """Centres, classes and sizes: log-ish size spread, a third of them next to a same-class instance."""
+    """Centres, classes and sizes (skewed to small, up to a quarter of the shorter side), a third of them
+    next to an instance of the same class."""
     scale = max(1, h * w // (256 * 320))
     n = _randint(rng, 3, 12) * scale
     r_max = max(8, min(h, w) // 4)
@@ -318,7 +319,8 @@ def _place_things(rng: np.random.Generator, h: int, w: int) -> list[_Thing]:
         else:
             cls = int(rng.integers(0, len(THING_NAMES)))
             r_min = _MIN_RADIUS[THING_NAMES[cls]]
-            r = r_min + (r_max - r_min) * u * u // (1024 * 1024)
+            # Between uniform and quadratic in u: ~1 in 8 instances under twice the smallest radius.
+            r = r_min + (r_max - r_min) * u * (u + 1024) // (2 * 1024 * 1024)
             cx, cy = _randint(rng, 0, w - 1), _randint(rng, 0, h - 1)
         things.append(_Thing(cls, cx, cy, r))
     return things

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from panoptic_deploy.categories import CATEGORY_BY_ID, Category, coco_id_from_contiguous
+from panoptic_deploy.categories import CATEGORY_BY_ID, COCO, Category, CategorySet
 from panoptic_deploy.errors import PanopticFormatError
 from panoptic_deploy.fileio import atomic_path, write_text_atomic
 
@@ -318,11 +318,15 @@ def write_panoptic_json(
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
-def segments_from_model_output(segments: Sequence[Mapping[str, Any]]) -> tuple[SegmentInfo, ...]:
-    """The model's ``panoptic_seg`` segment dicts (contiguous ``category_id`` + ``isthing``) -> COCO ids.
+def segments_from_model_output(
+    segments: Sequence[Mapping[str, Any]], categories: CategorySet | None = None
+) -> tuple[SegmentInfo, ...]:
+    """The model's ``panoptic_seg`` segment dicts (contiguous ``category_id`` + ``isthing``) -> dataset ids
+    of ``categories`` (default COCO).
 
     Areas are dropped: for predictions the evaluation always counts pixels in the id map.
     """
+    cats = COCO if categories is None else categories
     out = []
     for j, seg in enumerate(segments):
         try:
@@ -330,8 +334,8 @@ def segments_from_model_output(segments: Sequence[Mapping[str, Any]]) -> tuple[S
         except KeyError as exc:
             raise PanopticFormatError(f"segments[{j}]: missing key {exc}") from None
         try:
-            coco_id = coco_id_from_contiguous(cat, isthing)
+            dataset_id = cats.dataset_id(cat, isthing)
         except PanopticFormatError as exc:
             raise PanopticFormatError(f"segments[{j}] (id {seg_id}): {exc}") from None
-        out.append(SegmentInfo(id=seg_id, category_id=coco_id))
+        out.append(SegmentInfo(id=seg_id, category_id=dataset_id))
     return tuple(out)

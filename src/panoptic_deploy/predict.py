@@ -12,21 +12,32 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from panoptic_deploy.categories import coco_id_from_contiguous
+from panoptic_deploy.categories import COCO, CategorySet, load_category_set
 from panoptic_deploy.errors import ImageError, PanopticDeployError
 from panoptic_deploy.fileio import write_text_atomic
 from panoptic_deploy.modeling import PanopticFCN, build_model
-from panoptic_deploy.panoptic_format import write_panoptic_png
+from panoptic_deploy.panoptic_format import (
+    ImageInfo,
+    PanopticAnnotation,
+    SegmentInfo,
+    write_panoptic_json,
+    write_panoptic_png,
+)
 from panoptic_deploy.postprocess import PanopticResult, postprocess
 from panoptic_deploy.preprocess import prepare_image, read_image
 
 
 class Predictor:
-    """Pre-processing + network + host post-processing for one image at a time (batch 1, as official)."""
+    """Pre-processing + network + host post-processing for one image at a time (batch 1, as official).
 
-    def __init__(self, model: PanopticFCN, device: str | torch.device = "cpu") -> None:
+    ``categories``: the model's category set (default COCO), for dataset ids in the outputs."""
+
+    def __init__(
+        self, model: PanopticFCN, device: str | torch.device = "cpu", categories: CategorySet = COCO
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.categories = categories
 
     @classmethod
     def from_files(
@@ -35,9 +46,11 @@ class Predictor:
         weights: str | os.PathLike[str],
         opts: Sequence[str] = (),
         device: str | torch.device = "cpu",
+        categories: CategorySet = COCO,
     ) -> Predictor:
-        """Build the model of ``config`` and load ``weights`` strictly (:mod:`panoptic_deploy.checkpoint`)."""
-        return cls(load_model(config, weights, opts, device), device)
+        """Build the model of ``config`` and load ``weights`` strictly (:mod:`panoptic_deploy.checkpoint`);
+        the config's head sizes must fit ``categories``."""
+        return cls(load_model(config, weights, opts, device, categories), device, categories)
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> PanopticResult:
@@ -55,34 +68,43 @@ def load_model(
     weights: str | os.PathLike[str],
     opts: Sequence[str] = (),
     device: str | torch.device = "cpu",
+    categories: CategorySet | None = None,
 ) -> PanopticFCN:
-    """Eval-mode model of ``config`` with ``weights`` loaded strictly, on ``device``."""
+    """Eval-mode model of ``config`` with ``weights`` loaded strictly, on ``device``. With ``categories``,
+    the config's head sizes must fit them (one-line error otherwise)."""
     from panoptic_deploy.checkpoint import load_weights
     from panoptic_deploy.config import load_config
 
-    model = build_model(load_config(Path(config), opts))
+    cfg = load_config(Path(config), opts)
+    if categories is not None:
+        categories.check_config(cfg, str(config))
+    model = build_model(cfg)
     load_weights(model, weights)
     return model.to(device).eval()
 
 
-def segments_info(result: PanopticResult) -> list[dict[str, Any]]:
-    """``segments_info`` entries: id, category_id (as the network predicts it), coco_category_id, isthing,
-    score (things; None for stuff), area, instance_id (things)."""
-    return [
-        {
+def segments_info(result: PanopticResult, categories: CategorySet = COCO) -> list[dict[str, Any]]:
+    """``segments_info`` entries: id, category_id (contiguous, as the network predicts it),
+    dataset_category_id (the id in ``categories``), isthing, score (things; None for stuff), area,
+    instance_id (things). With COCO's set, ``coco_category_id`` (the same id) is kept for older readers."""
+    out = []
+    for seg in result.segments:
+        dataset_id = categories.dataset_id(seg.category_id, seg.isthing)
+        entry: dict[str, Any] = {
             "id": seg.id,
             "category_id": seg.category_id,
-            "coco_category_id": coco_id_from_contiguous(seg.category_id, seg.isthing),
-            "isthing": seg.isthing,
-            "score": seg.score,
-            "area": seg.area,
-            "instance_id": seg.instance_id,
+            "dataset_category_id": dataset_id,
         }
-        for seg in result.segments
-    ]
+        if categories.is_coco:
+            entry["coco_category_id"] = dataset_id
+        entry.update(isthing=seg.isthing, score=seg.score, area=seg.area, instance_id=seg.instance_id)
+        out.append(entry)
+    return out
 
 
-def write_prediction(result: PanopticResult, output_dir: str | os.PathLike[str], name: str) -> None:
+def write_prediction(
+    result: PanopticResult, output_dir: str | os.PathLike[str], name: str, categories: CategorySet = COCO
+) -> None:
     """Write ``NAME.png`` (segment id = R + 256 G + 65536 B) and ``NAME.json`` into ``output_dir``."""
     out = Path(output_dir)
     write_panoptic_png(out / f"{name}.png", result.panoptic_seg)
@@ -90,7 +112,7 @@ def write_prediction(result: PanopticResult, output_dir: str | os.PathLike[str],
         "file_name": f"{name}.png",
         "height": int(result.panoptic_seg.shape[0]),
         "width": int(result.panoptic_seg.shape[1]),
-        "segments_info": segments_info(result),
+        "segments_info": segments_info(result, categories),
     }
     write_text_atomic(out / f"{name}.json", json.dumps(document, indent=1) + "\n")
 
@@ -103,16 +125,26 @@ def predict_files(
     opts: Sequence[str] = (),
     threads: int | None = None,
     progress: bool = True,
+    categories: CategorySet | str | os.PathLike[str] | None = None,
+    coco_json: str | os.PathLike[str] | None = None,
 ) -> list[str]:
-    """Predict every image; returns one message per image that failed (the others are still written)."""
+    """Predict every image; returns one message per image that failed (the others are still written).
+
+    ``categories``: the model's category set (a :class:`CategorySet`, ``"coco"``/None or a JSON file, see
+    :func:`categories.load_category_set`). ``coco_json``: also write one COCO panoptic predictions file
+    for all written images (``image_id`` and PNG ``file_name`` from the image's name, dataset category ids)
+    that ``panoptic-deploy pq --pred-json FILE --pred-dir OUTPUT_DIR`` reads."""
+    cats = categories if isinstance(categories, CategorySet) else load_category_set(categories)
     names = [Path(p).stem for p in images]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ImageError(f"several input images share the name {duplicates[0]!r}; outputs would collide")
     if threads is not None:
         torch.set_num_threads(threads)
-    predictor = Predictor.from_files(config, weights, opts)
+    predictor = Predictor.from_files(config, weights, opts, categories=cats)
     failures: list[str] = []
+    annotations: list[PanopticAnnotation] = []
+    image_infos: list[ImageInfo] = []
     for path, name in tqdm(
         list(zip(images, names, strict=True)),
         desc="predict",
@@ -127,5 +159,15 @@ def predict_files(
         except PanopticDeployError as exc:
             failures.append(f"{path}: {exc}")
             continue
-        write_prediction(result, output_dir, name)
+        write_prediction(result, output_dir, name, cats)
+        if coco_json is not None:
+            segments = tuple(
+                SegmentInfo(s["id"], s["dataset_category_id"], area=s["area"])
+                for s in segments_info(result, cats)
+            )
+            annotations.append(PanopticAnnotation(name, f"{name}.png", segments))
+            height, width = (int(v) for v in result.panoptic_seg.shape)
+            image_infos.append(ImageInfo(name, Path(path).name, width, height))
+    if coco_json is not None:
+        write_panoptic_json(coco_json, annotations, cats.categories, image_infos)
     return failures

@@ -30,6 +30,7 @@ from panoptic_deploy.bench import (
     ImagePanoptic,
     read_bench,
 )
+from panoptic_deploy.categories import CategorySet
 from panoptic_deploy.engines.trtexec import TrtexecCheck, read_trtexec_check
 from panoptic_deploy.fileio import atomic_path, write_text_atomic
 
@@ -310,14 +311,16 @@ def plot_accuracy_speed(rows: Sequence[BenchResult], path: Path, with_model: boo
     _save(fig, path)
 
 
-def colorize_panoptic(image: ImagePanoptic) -> NDArray[np.uint8]:
-    """H×W×3 RGB: each segment in its category's colour (categories.py), void black, white boundaries."""
-    from panoptic_deploy.categories import CATEGORY_BY_ID, coco_id_from_contiguous
+def colorize_panoptic(image: ImagePanoptic, categories: CategorySet | None = None) -> NDArray[np.uint8]:
+    """H×W×3 RGB: each segment in its category's colour (the model's ``categories``, default COCO's
+    palette in categories.py), void black, white boundaries."""
+    from panoptic_deploy.categories import COCO
 
+    cats = COCO if categories is None else categories
     seg = image.panoptic_seg
     rgb = np.zeros((*seg.shape, 3), np.uint8)
     for s in image.segments:
-        color = CATEGORY_BY_ID[coco_id_from_contiguous(int(s["category_id"]), bool(s["isthing"]))].color
+        color = cats.category(int(s["category_id"]), bool(s["isthing"])).color
         rgb[seg == int(s["id"])] = color
     edge = np.zeros(seg.shape, bool)
     edge[:, 1:] |= seg[:, 1:] != seg[:, :-1]
@@ -347,14 +350,21 @@ def plot_panoptic(rows: Sequence[BenchResult], path: Path, example: str | None) 
         raise BenchError(f"example image '{example}' is not among the evaluation images {names}")
     index = names.index(stem)
     photo = _photo(first.settings.images[index], first.panoptic[index].panoptic_seg.shape)
+    from panoptic_deploy.categories import COCO
+
+    categories = first.categories or COCO
     panels: list[tuple[str, NDArray[np.uint8]]] = []
     if photo is not None:
         panels.append((f"{stem} (input)", photo))
+    shown: dict[tuple[int, bool], int] = {}  # (contiguous id, isthing) -> pixels over all panels: the legend
     for r in rows:
         entry = next((p for p in r.panoptic if p.name == stem), None)
         if entry is None:
             continue
-        colour = colorize_panoptic(entry)
+        for s in entry.segments:
+            key = (int(s["category_id"]), bool(s["isthing"]))
+            shown[key] = shown.get(key, 0) + int(s["area"])
+        colour = colorize_panoptic(entry, categories)
         if photo is not None:
             colour = (0.6 * colour + 0.4 * photo).astype(np.uint8)
         panels.append((_label(r, False), colour))
@@ -368,8 +378,30 @@ def plot_panoptic(rows: Sequence[BenchResult], path: Path, example: str | None) 
         ax.imshow(data)
         ax.set_title(title, fontsize="small")
         ax.axis("off")
+    legend = _category_legend(categories, shown)
+    if legend:
+        fig.legend(handles=legend, loc="outside lower center", ncols=min(6, len(legend)), fontsize="small",
+                   frameon=False)  # fmt: skip
     _save(fig, path)
     return stem
+
+
+LEGEND_MAX = 24
+
+
+def _category_legend(categories: CategorySet, shown: Mapping[tuple[int, bool], int]) -> list[Any]:
+    """Colour patches named after the categories of ``shown`` (the :data:`LEGEND_MAX` largest by pixels),
+    things first, in contiguous order."""
+    from matplotlib.patches import Patch
+
+    keep = set(sorted(shown, key=lambda k: (-shown[k], k))[:LEGEND_MAX])
+    handles = []
+    for isthing, group in ((True, categories.things), (False, categories.stuff)):
+        for k, cat in enumerate(group):
+            if (k if isthing else k + 1, isthing) in keep:
+                r, g, b = cat.color
+                handles.append(Patch(facecolor=(r / 255, g / 255, b / 255), label=cat.name))
+    return handles
 
 
 def _trtexec_lines(rows: Sequence[BenchResult], checks: Sequence[TrtexecCheck]) -> list[str]:

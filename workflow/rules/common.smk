@@ -126,9 +126,14 @@ def model_branches(eval_images):
     if not Path(model_config).is_file():
         raise ConfigError(f"config key 'model.config': '{model_config}' does not exist")
     try:
-        params = input_params_from_config(load_config(model_config, model_opts()))
+        model_cfg = load_config(model_config, model_opts())
+        params = input_params_from_config(model_cfg)
     except PanopticDeployError as exc:
         raise ConfigError(f"config key 'model.config' / 'model.opts': {exc}") from None
+    try:
+        CATEGORIES.check_config(model_cfg, model_config)
+    except PanopticDeployError as exc:
+        raise ConfigError(f"config keys 'model.config' / 'model.categories': {exc}") from None
     by_size = {}
     for file in eval_images:
         by_size.setdefault(network_input_shape(*image_size(file), params), []).append(file)
@@ -231,6 +236,28 @@ if _gt_json is not None and not Path(_gt_json).is_file():
     raise ConfigError(f"config key 'evaluation.gt_json': '{_gt_json}' does not exist")
 if _gt_dir is not None and not Path(_gt_dir).is_dir():
     raise ConfigError(f"config key 'evaluation.gt_dir': folder '{_gt_dir}' does not exist")
+
+def model_categories():
+    """The model's category set (config 'model.categories': coco or a JSON file with a categories list)."""
+    from panoptic_deploy.categories import load_category_set
+
+    try:
+        return load_category_set(config["model"]["categories"])
+    except PanopticDeployError as exc:
+        raise ConfigError(f"config key 'model.categories': {exc}") from None
+
+
+CATEGORIES = model_categories()
+if _gt_json is not None:
+    from panoptic_deploy.bench import check_ground_truth_categories
+    from panoptic_deploy.panoptic_format import load_panoptic_json
+
+    try:
+        check_ground_truth_categories(
+            load_panoptic_json(_gt_json, require_categories=True).categories, CATEGORIES, _gt_json
+        )
+    except PanopticDeployError as exc:
+        raise ConfigError(f"config keys 'evaluation.gt_json' / 'model.categories': {exc}") from None
 
 MODELS = model_branches(EVAL_IMAGES)
 
@@ -391,6 +418,14 @@ def ground_truth():
     """{gt_json, gt_dir} inputs of every benchmark when configured, else nothing."""
     gt_json, gt_dir = config["evaluation"]["gt_json"], config["evaluation"]["gt_dir"]
     return {"gt_json": gt_json, "gt_dir": gt_dir} if gt_json else {}
+
+
+def reference_inputs(wildcards):
+    """Weights, evaluation images and the category file (when model.categories names one)."""
+    inputs = {"weights": WEIGHTS, "images": eval_images(wildcards)}
+    if config["model"]["categories"] != "coco":
+        inputs["categories"] = config["model"]["categories"]
+    return inputs
 
 
 def torch_bench_inputs(wildcards):
