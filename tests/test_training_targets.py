@@ -209,7 +209,7 @@ def test_stuff_focal_normaliser_and_kernel_pooling() -> None:
     empty_targets = build_targets([empty, empty], (128, 128), PARAMS)
     losses = panoptic_losses(heads, empty_targets, _Recorder(4, 8), _Recorder(4, 8), LossParams(pos_num=3))
     assert float(losses["loss_pos_st"]) == pytest.approx(54 * 5 * 0.00080605, rel=1e-4)
-    assert float(losses["loss_seg_st"]) == 0.0 and float(losses["loss_seg_th"]) == 0.0
+    assert float(losses["loss_seg_st"].detach()) == 0.0 and float(losses["loss_seg_th"].detach()) == 0.0
     # Kernel pooling: K ≡ 1, class 2 on 2 of the 16 cells of p5 -> 2/16 per channel.
     stuff_embed = _Recorder(4, 8)
     panoptic_losses(heads, targets, _Recorder(4, 8), stuff_embed, LossParams(pos_num=3))
