@@ -359,23 +359,22 @@ def test_demo_dry_run_lists_the_expected_jobs(tmp_path: Path) -> None:
     _write_config(workdir, cfg)
     proc = snakemake(workdir, "--dry-run", "--cores", "1", "results/report.md")
     assert proc.returncode == 0, _combined(proc)
-    # The 4 demo photos pad to two input sizes (astronaut 416×416, the others 416×608): two branches, each
-    # with its ONNX models, 3 engines, a reference and 4 benchmarks; one set of weights, one report.
+    # The 16 demo scenes (256×320) pad to one input size: one branch with its ONNX models, 3 engines, a
+    # reference and 4 benchmarks; the trained checkpoint is an input (no synthetic-weights job); one report.
     assert job_counts(proc.stdout) == {
-        "synthetic_weights": 1,
-        "export_onnx": 2,
-        "simplify_onnx": 2,
-        "fp16_onnx": 2,
-        "calibration_cache": 2,
-        "int8_onnx": 2,
-        "engine_onnxruntime": 6,
-        "reference_outputs": 2,
-        "bench_torch": 2,
-        "bench_engine": 6,
+        "export_onnx": 1,
+        "simplify_onnx": 1,
+        "fp16_onnx": 1,
+        "calibration_cache": 1,
+        "int8_onnx": 1,
+        "engine_onnxruntime": 3,
+        "reference_outputs": 1,
+        "bench_torch": 1,
+        "bench_engine": 3,
         "report": 1,
     }
     outputs = {p for paths in scheduled(proc.stdout).values() for p in paths}
-    assert {"results/onnx/demo_416x416.onnx", "results/onnx/demo_416x608.int8.onnx"} <= outputs
+    assert {"results/onnx/demo_256x320.onnx", "results/onnx/demo_256x320.int8.onnx"} <= outputs
     assert not (workdir / "results").exists()
 
     # The GPU overlay passes the schema on top of the demo config; without CUDA its extra rows (torch FP16,

@@ -211,6 +211,30 @@ def _cmd_trtexec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from panoptic_deploy.training.train import TrainOptions, train
+
+    work_dir = args.work_dir if args.work_dir is not None else f"{args.output}.work"
+    result = train(
+        args.config,
+        args.dataset,
+        args.output,
+        work_dir,
+        opts=args.opts,
+        options=TrainOptions(
+            device=args.device,
+            workers=args.workers,
+            max_minutes=args.max_minutes,
+            seed=args.seed,
+            half_output=args.half,
+            progress=not args.no_progress,
+        ),
+    )
+    state = "finished" if result.finished else "stopped (run the same command again to resume)"
+    print(f"iteration {result.iteration}: {state}; wrote {args.output}; work folder {work_dir}")
+    return 0
+
+
 def _add_opts(parser: argparse.ArgumentParser) -> None:
     """detectron2-style ``KEY VALUE`` config overrides, the same on every subcommand."""
     parser.add_argument(
@@ -259,6 +283,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scene files: png (default; lossless) or jpg (quality 95, smaller)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace a dataset already in --output")
     p.set_defaults(func=_cmd_make_dataset)
+
+    p = sub.add_parser("train", help="train PanopticFCN on a COCO-panoptic folder (resumable)")
+    p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
+    p.add_argument(
+        "--dataset", required=True, nargs="+", help="COCO panoptic folder (images/, panoptic/, panoptic.json)"
+    )
+    p.add_argument("--output", required=True, help="folded detectron2-format checkpoint written at the end")
+    p.add_argument(
+        "--work-dir", default=None, help="checkpoints + loss log; resumes from it (default OUTPUT.work)"
+    )
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, default=4, help="data-loader worker processes")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (checkpoint + output) after this")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, data order and augmentation seed")
+    p.add_argument("--half", action="store_true", help="store the output checkpoint as float16")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_opts(p)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="panoptic prediction to COCO panoptic PNG + JSON per image")
     p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
