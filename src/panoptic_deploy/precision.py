@@ -45,7 +45,6 @@ import os
 import resource
 import shutil
 import struct
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ import numpy as np
 import numpy.typing as npt
 
 from panoptic_deploy.errors import PanopticDeployError
-from panoptic_deploy.fileio import atomic_path, file_sha256, write_text_atomic
+from panoptic_deploy.fileio import atomic_path, file_sha256, temp_dir_near, write_text_atomic
 
 if TYPE_CHECKING:
     import onnx
@@ -285,7 +284,7 @@ def convert_fp16(
     started = time.perf_counter()
     src = _load_model(onnx_in)
     keep_patterns = _check_exclusions(src, keep_fp32_op_types, keep_fp32_nodes, f"{onnx_in}: keep FP32")
-    with tempfile.TemporaryDirectory(prefix="panoptic-fp16.") as tmp:
+    with temp_dir_near(onnx_out) as tmp:
         calib_path = None
         if calibration_inputs is not None:
             _check_batch(src, calibration_inputs, Path(onnx_in), 0)
@@ -439,7 +438,7 @@ def calibrate(
     model = _load_model(model_path)
     digest = hashlib.sha256()
     count = 0
-    with tempfile.TemporaryDirectory(prefix="panoptic-calib.") as tmp, _quiet_modelopt():
+    with temp_dir_near(cache_out) as tmp, _quiet_modelopt():
         if method == "minmax":
             calibrator = create_calibrator(
                 model_path,
@@ -637,7 +636,7 @@ def quantize_int8(
     amax = read_calibration_cache(cache)
     src = _load_model(onnx_in)
     node_patterns = _check_exclusions(src, exclude_op_types, exclude_nodes, f"{onnx_in}: INT8 exclusion")
-    with tempfile.TemporaryDirectory(prefix="panoptic-int8.") as tmp:
+    with temp_dir_near(onnx_out) as tmp:
         # A private copy: ModelOpt writes '<name>_opset19.onnx' next to its input, which would collide
         # between two quantize runs on the same model (TensorRT artefact and CPU twin).
         model_copy = Path(tmp) / "model.onnx"
