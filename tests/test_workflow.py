@@ -214,6 +214,8 @@ def test_full_run_produces_every_artifact(tiny_run: Path, ort_key: str) -> None:
         "images",
     }
     assert created == {"results", ".snakemake"}
+    # No temporary or other hidden file under results/ (every write is atomic and cleans up after itself).
+    assert not [p for p in (tiny_run / "results").rglob(".*")]
 
 
 def test_bench_files_validate_and_report_has_every_row(tiny_run: Path, ort_key: str) -> None:
@@ -341,6 +343,107 @@ def test_interrupted_run_resumes_through_incomplete_file_handling(clone: Path, o
     assert data["settings"]["iterations"] == 2
     assert not any(incomplete.iterdir())
     assert dry_run_outputs(clone) == set()
+
+
+def _temp_files(workdir: Path) -> list[str]:
+    """The package's temporary files and folders under results/ (panoptic_deploy.fileio's mark)."""
+    from panoptic_deploy.fileio import is_temp_name
+
+    return sorted(
+        str(p.relative_to(workdir)) for p in (workdir / "results").rglob("*") if is_temp_name(p.name)
+    )
+
+
+def test_killed_job_leaves_no_stray_file_after_the_next_run(clone: Path, ort_key: str) -> None:
+    """A real SIGKILL of Snakemake and its running job mid-write, then the next run: the job's temporary files
+    are removed when the run starts (onstart), the outputs are complete, nothing else is left."""
+    cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
+    cfg["report"] = {"example_image": TINY_EVAL[1]}  # only the report reruns (a few seconds of plotting)
+    _write_config(clone, cfg)
+    old_report = (clone / "results/report.md").read_text(encoding="utf-8")
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "results/report.md"],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    left: list[str] = []
+    try:
+        deadline = time.monotonic() + PARSE_TIMEOUT_S
+        while not left and time.monotonic() < deadline and proc.poll() is None:
+            left = _temp_files(clone)
+            if left:  # the report job is writing its plots: kill Snakemake and the job together
+                os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert left, "the report job was not caught writing"
+    time.sleep(0.5)  # let the killed job's process be reaped
+    # What the kill left: the job's temp files (nothing removes them but the next start), no new report (the
+    # set's marker is renamed last; Snakemake removed the old outputs before the job) and Snakemake's lock.
+    stray = _temp_files(clone)
+    assert stray and all(p.startswith("results/report") for p in stray), stray
+    report_md = clone / "results/report.md"
+    assert not report_md.exists() or report_md.read_text(encoding="utf-8") == old_report
+
+    assert snakemake(clone, "--unlock").returncode == 0
+    rerun = snakemake(clone, "--cores", "1", "--rerun-incomplete", "results/report.md", timeout=RUN_TIMEOUT_S)
+    assert rerun.returncode == 0, _combined(rerun)[-4000:]
+    assert f"Removed {len(stray)} temporary file(s) left by killed jobs under results/" in _combined(rerun)
+    assert _temp_files(clone) == []
+    assert not [p for p in (clone / "results").rglob(".*")], "a hidden file is left under results/"
+    report = (clone / "results/report.md").read_text(encoding="utf-8")
+    assert f"image `{Path(TINY_EVAL[1]).stem}`" in report
+    for path in tiny_outputs(ort_key)["report"]:
+        assert (clone / path).is_file(), path
+    assert dry_run_outputs(clone) == set()
+
+
+def test_changing_the_simplifier_reruns_from_the_simplified_model(clone: Path, ort_key: str) -> None:
+    cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
+    cfg["export"] = {"simplifier": "onnxslim"}
+    _write_config(clone, cfg)
+    groups = tiny_outputs(ort_key)
+    unchanged = {
+        "results/weights/tiny.pth",
+        f"results/onnx/{TINY_MODEL}.onnx",
+        f"results/reference/{TINY_MODEL}.npz",
+        f"results/bench/torch/{TINY_MODEL}.fp32.json",
+    }
+    assert dry_run_outputs(clone) == set().union(*groups.values()) - unchanged
+
+
+@pytest.mark.parametrize("case", ["unknown", "not_installed"])
+def test_simplifier_choice_is_checked_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    workdir = make_workdir(tmp_path / "w")
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    if case == "unknown":
+        cfg["export"] = {"simplifier": "onnx-simplifier"}
+        expected = ["export.simplifier", "'onnx-simplifier' is not one of ['onnxsim', 'onnxslim']"]
+    else:
+        # The Snakemake process cannot import onnxsim (sitecustomize marks it absent, as if not installed).
+        hide = tmp_path / "hide"
+        hide.mkdir()
+        (hide / "sitecustomize.py").write_text(
+            "import sys\nsys.modules['onnxsim'] = None\n", encoding="utf-8"
+        )
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")]))
+        expected = ["export.simplifier", "onnxsim is not installed here", "or set it to onnxslim"]
+    _write_config(workdir, cfg)
+    proc = snakemake(workdir, "--cores", "1", "results/report.md")
+    output = _combined(proc)
+    assert proc.returncode != 0 and "ConfigError" in output
+    for text in expected:
+        assert text in output, f"{text!r} not in:\n{output[-2000:]}"
+    assert not (workdir / "results").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -173,6 +173,7 @@ def capture_environment() -> Environment:
         "numpy": np.__version__,
         "onnx": _dist_version("onnx"),
         "onnxruntime": _dist_version("onnxruntime", "onnxruntime-gpu"),
+        "onnxsim": _dist_version("onnxsim"),
         "onnxslim": _dist_version("onnxslim"),
         "nvidia-modelopt": _dist_version("nvidia-modelopt"),
         "tensorrt": _dist_version(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from panoptic_deploy import __version__
 from panoptic_deploy.errors import PanopticDeployError
@@ -107,7 +108,7 @@ def _cmd_simplify(args: argparse.Namespace) -> int:
 
     hw = onnx_input_hw(args.input)
     inputs = prepare_verify_inputs(args.config, args.images, hw, args.opts)
-    report = simplify_onnx(args.input, args.output, inputs, threads=args.threads)
+    report = simplify_onnx(args.input, args.output, inputs, simplifier=args.simplifier, threads=args.threads)
     print(report.summary())
     return 0
 
@@ -173,7 +174,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from panoptic_deploy.bench import BenchError
     from panoptic_deploy.report import skipped_from_json, write_report
@@ -347,9 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for the check")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("simplify", help="simplify an exported ONNX model with onnxslim, checked numerically")
+    p = sub.add_parser(
+        "simplify", help="simplify an exported ONNX model with onnxsim or onnxslim, checked numerically"
+    )
     p.add_argument("--input", required=True, help="exported .onnx")
     p.add_argument("--output", required=True, help="simplified .onnx")
+    p.add_argument("--simplifier", choices=["onnxsim", "onnxslim"], default="onnxsim",
+                   help="the simplifier (default onnxsim); recorded in the model's metadata")  # fmt: skip
     p.add_argument("--config", required=True, help="config of the model (pre-processing of the check images)")
     _add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for the check")
@@ -417,9 +421,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_folders(args: argparse.Namespace) -> list[Path]:
+    """The folders a command writes into: ``--output``'s (predict: the folder itself), report's plot folder
+    and pq's ``--json``'s."""
+    folders: list[Path] = []
+    output = getattr(args, "output", None)
+    if output:
+        folders.append(Path(output) if args.command == "predict" else Path(output).parent)
+    if args.command == "report":
+        folders.append(Path(args.plots_dir) if args.plots_dir else Path(args.output).with_suffix(""))
+    if getattr(args, "json", None):
+        folders.append(Path(args.json).parent)
+    return folders
+
+
+def sweep_output_folders(args: argparse.Namespace) -> None:
+    """Remove what killed runs left in the command's output folders: the package's temporary files whose
+    writer no longer runs (:func:`panoptic_deploy.fileio.sweep_stale_temps`; a live writer's are kept)."""
+    from panoptic_deploy.fileio import sweep_stale_temps
+
+    for folder in dict.fromkeys(_output_folders(args)):
+        removed = sweep_stale_temps(folder, recursive=False)
+        if removed:
+            print(
+                f"note: removed {len(removed)} temporary file(s) left in {folder} by killed runs",
+                file=sys.stderr,
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        sweep_output_folders(args)
         return int(args.func(args))
     except PanopticDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -121,13 +121,24 @@ def read_panoptic_png(path: str | os.PathLike[str]) -> NDArray[np.uint32]:
 
 def write_panoptic_png(path: str | os.PathLike[str], id_map: NDArray[np.integer[Any]]) -> None:
     """Write an (H, W) id map as an RGB panoptic PNG, atomically."""
+    with atomic_path(path) as tmp:
+        save_panoptic_png(tmp, id_map, name=path)
+
+
+def save_panoptic_png(
+    file: str | os.PathLike[str],
+    id_map: NDArray[np.integer[Any]],
+    name: str | os.PathLike[str] | None = None,
+) -> None:
+    """Write an (H, W) id map as an RGB panoptic PNG to exactly ``file`` (a temporary path of an atomic write;
+    :func:`write_panoptic_png` for a final path). ``name``: the path errors name (default ``file``)."""
+    where = file if name is None else name
     if id_map.ndim != 2:
-        raise PanopticFormatError(f"{path}: id map must be 2-D (H, W), got shape {id_map.shape}")
+        raise PanopticFormatError(f"{where}: id map must be 2-D (H, W), got shape {id_map.shape}")
     if id_map.size and (int(id_map.min()) < 0 or int(id_map.max()) > MAX_SEGMENT_ID):
         lo, hi = int(id_map.min()), int(id_map.max())
-        raise PanopticFormatError(f"{path}: segment ids must lie in 0..{MAX_SEGMENT_ID}, got {lo}..{hi}")
-    with atomic_path(path) as tmp:
-        Image.fromarray(id_to_rgb(id_map), mode="RGB").save(tmp, format="PNG")
+        raise PanopticFormatError(f"{where}: segment ids must lie in 0..{MAX_SEGMENT_ID}, got {lo}..{hi}")
+    Image.fromarray(id_to_rgb(id_map), mode="RGB").save(file, format="PNG")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -46,7 +46,6 @@ import re
 import resource
 import shutil
 import struct
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 from panoptic_deploy.errors import PanopticDeployError
-from panoptic_deploy.fileio import atomic_path, file_sha256, write_text_atomic
+from panoptic_deploy.fileio import atomic_path, file_sha256, temp_dir_near, write_text_atomic
 
 if TYPE_CHECKING:
     import onnx
@@ -334,7 +333,7 @@ def convert_fp16(
         for op in NORMALIZATION_OP_TYPES
         if normalization_fp32 and op in present and op not in keep_fp32_op_types
     ]
-    with tempfile.TemporaryDirectory(prefix="panoptic-fp16.") as tmp:
+    with temp_dir_near(onnx_out) as tmp:
         calib_path = None
         if calibration_inputs is not None:
             _check_batch(src, calibration_inputs, Path(onnx_in), 0)
@@ -488,7 +487,7 @@ def calibrate(
     model = _load_model(model_path)
     digest = hashlib.sha256()
     count = 0
-    with tempfile.TemporaryDirectory(prefix="panoptic-calib.") as tmp, _quiet_modelopt():
+    with temp_dir_near(cache_out) as tmp, _quiet_modelopt():
         if method == "minmax":
             calibrator = create_calibrator(
                 model_path,
@@ -699,7 +698,7 @@ def quantize_int8(
     node_patterns += [f"{re.escape(name)}$" for name in selection if name]
     present = {node.op_type for node in src.graph.node}
     normalization = [op for op in NORMALIZATION_OP_TYPES if normalization_fp32 and op in present]
-    with tempfile.TemporaryDirectory(prefix="panoptic-int8.") as tmp:
+    with temp_dir_near(onnx_out) as tmp:
         # A private copy: ModelOpt writes '<name>_opset19.onnx' next to its input, which would collide
         # between two quantize runs on the same model (TensorRT artefact and CPU twin).
         model_copy = Path(tmp) / "model.onnx"

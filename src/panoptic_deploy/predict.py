@@ -14,14 +14,14 @@ from tqdm import tqdm
 
 from panoptic_deploy.categories import COCO, CategorySet, load_category_set
 from panoptic_deploy.errors import ImageError, PanopticDeployError
-from panoptic_deploy.fileio import write_text_atomic
+from panoptic_deploy.fileio import atomic_files
 from panoptic_deploy.modeling import PanopticFCN, build_model
 from panoptic_deploy.panoptic_format import (
     ImageInfo,
     PanopticAnnotation,
     SegmentInfo,
+    save_panoptic_png,
     write_panoptic_json,
-    write_panoptic_png,
 )
 from panoptic_deploy.postprocess import PanopticResult, postprocess
 from panoptic_deploy.preprocess import prepare_image, read_image
@@ -105,16 +105,22 @@ def segments_info(result: PanopticResult, categories: CategorySet = COCO) -> lis
 def write_prediction(
     result: PanopticResult, output_dir: str | os.PathLike[str], name: str, categories: CategorySet = COCO
 ) -> None:
-    """Write ``NAME.png`` (segment id = R + 256 G + 65536 B) and ``NAME.json`` into ``output_dir``."""
+    """Write ``NAME.png`` (segment id = R + 256 G + 65536 B) and ``NAME.json`` into ``output_dir``.
+
+    The two are one atomic set (:func:`panoptic_deploy.fileio.atomic_files`) whose completion marker is the
+    JSON: it is renamed into place last, so a ``NAME.json`` always describes the ``NAME.png`` beside it, and a
+    PNG without its JSON is an incomplete prediction.
+    """
     out = Path(output_dir)
-    write_panoptic_png(out / f"{name}.png", result.panoptic_seg)
     document = {
         "file_name": f"{name}.png",
         "height": int(result.panoptic_seg.shape[0]),
         "width": int(result.panoptic_seg.shape[1]),
         "segments_info": segments_info(result, categories),
     }
-    write_text_atomic(out / f"{name}.json", json.dumps(document, indent=1) + "\n")
+    with atomic_files() as files:
+        save_panoptic_png(files.path(out / f"{name}.png"), result.panoptic_seg, name=out / f"{name}.png")
+        files.path(out / f"{name}.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
 
 
 def predict_files(

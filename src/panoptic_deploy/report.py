@@ -32,7 +32,7 @@ from panoptic_deploy.bench import (
 )
 from panoptic_deploy.categories import CategorySet
 from panoptic_deploy.engines.trtexec import TrtexecCheck, read_trtexec_check
-from panoptic_deploy.fileio import atomic_path, write_text_atomic
+from panoptic_deploy.fileio import atomic_files
 
 PathLike = str | os.PathLike[str]
 
@@ -226,6 +226,8 @@ def _unique_environments(rows: Sequence[BenchResult]) -> list[Environment]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Plots (matplotlib's object API with the Agg canvas: no global pyplot state, no display needed)
+# Each plot_* function writes exactly the path it is given; write_report gives the temporary paths of one
+# atomic set.
 
 
 def _new_figure(width: float, height: float) -> Any:
@@ -238,8 +240,8 @@ def _new_figure(width: float, height: float) -> Any:
 
 
 def _save(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    # ``path`` is a temporary path of write_report's atomic set (or the caller's own final path).
+    fig.savefig(path, format="png")
 
 
 # Rows on a GPU and on CPU cores differ by 10-100x; on a linear axis the GPU rows would be invisible slivers.
@@ -469,20 +471,37 @@ def write_report(
     models = sorted({r.model for r in rows})
     with_model = len(models) > 1
 
-    plots.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    plot_latency(rows, plots / PLOT_LATENCY, with_model)
-    written.append(plots / PLOT_LATENCY)
-    plot_accuracy_speed(rows, plots / PLOT_ACCURACY_SPEED, with_model)
-    written.append(plots / PLOT_ACCURACY_SPEED)
-    examples: dict[str, tuple[Path, str]] = {}
-    for model in models:
-        model_rows = [r for r in rows if r.model == model]
-        names = [p.name for p in model_rows[0].panoptic]
-        chosen = example_image if example_image and Path(example_image).stem in names else None
-        path = plots / f"panoptic_{model}.png"
-        examples[model] = (path, plot_panoptic(model_rows, path, chosen))
-        written.append(path)
+    # The plots and the report are one atomic set whose completion marker is the report: it is renamed into
+    # place last (after its old version was removed), so a report always shows the plots beside it.
+    with atomic_files() as files:
+        written: list[Path] = []
+        plot_latency(rows, files.path(plots / PLOT_LATENCY), with_model)
+        written.append(plots / PLOT_LATENCY)
+        plot_accuracy_speed(rows, files.path(plots / PLOT_ACCURACY_SPEED), with_model)
+        written.append(plots / PLOT_ACCURACY_SPEED)
+        examples: dict[str, tuple[Path, str]] = {}
+        for model in models:
+            model_rows = [r for r in rows if r.model == model]
+            names = [p.name for p in model_rows[0].panoptic]
+            chosen = example_image if example_image and Path(example_image).stem in names else None
+            path = plots / f"panoptic_{model}.png"
+            examples[model] = (path, plot_panoptic(model_rows, files.path(path), chosen))
+            written.append(path)
+        text = _report_text(rows, models, checks, skipped_list, examples, output, plots)
+        files.path(output).write_text(text, encoding="utf-8")
+    return ReportSummary(str(output), tuple(str(p) for p in written), len(rows), len(skipped_list))
+
+
+def _report_text(
+    rows: Sequence[BenchResult],
+    models: Sequence[str],
+    checks: Sequence[TrtexecCheck],
+    skipped_list: Sequence[SkippedCombo],
+    examples: Mapping[str, tuple[Path, str]],
+    output: Path,
+    plots: Path,
+) -> str:
+    """The Markdown of :func:`write_report`."""
 
     def rel(path: Path) -> str:
         return os.path.relpath(path, output.parent).replace(os.sep, "/")
@@ -564,5 +583,4 @@ def write_report(
     ]
     for model in models:
         lines += [f"### {model}", "", *_error_table([r for r in rows if r.model == model], False), ""]
-    write_text_atomic(output, "\n".join(lines).rstrip() + "\n")
-    return ReportSummary(str(output), tuple(str(p) for p in written), len(rows), len(skipped_list))
+    return "\n".join(lines).rstrip() + "\n"

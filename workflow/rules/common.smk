@@ -265,6 +265,14 @@ example = config["report"]["example_image"]
 if example is not None and example not in {Path(f).name for f in EVAL_IMAGES}:
     raise ConfigError(f"config key 'report.example_image': '{example}' is not an evaluation image")
 
+_simplifier = config["export"]["simplifier"]
+if importlib.util.find_spec(_simplifier) is None:
+    _other = "onnxslim" if _simplifier == "onnxsim" else "onnxsim"
+    raise ConfigError(
+        f"config key 'export.simplifier': {_simplifier} is not installed here "
+        f"(pip install {_simplifier}, it is in the 'pipeline' extra), or set it to {_other}"
+    )
+
 ENGINE_BACKENDS, SKIPPED = resolve_backends()
 DEVICE_KEYS = {backend: device_key(backend) for backend in ENGINE_BACKENDS}
 
@@ -449,3 +457,22 @@ def torch_bench_inputs(wildcards):
         "reference": f"results/reference/{wildcards.model}.npz",
         **ground_truth(),
     }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Start of a run (onstart in the Snakefile: real runs with jobs to do, never dry-runs)
+
+
+def sweep_results():
+    """Remove the temporary files and scratch folders that killed jobs left under results/.
+
+    Only the package's own ('.<name>.pdtmp-<host>-<pid>-...', panoptic_deploy.fileio) and only those whose
+    writer no longer runs: a job of another Snakemake that still writes keeps its temp.
+    """
+    from panoptic_deploy.fileio import sweep_stale_temps
+
+    removed = sweep_stale_temps("results")
+    if removed:
+        print(f"Removed {len(removed)} temporary file(s) left by killed jobs under results/:")
+        for path in removed:
+            print(f"    {path}")
