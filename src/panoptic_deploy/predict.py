@@ -16,6 +16,7 @@ from panoptic_deploy.categories import coco_id_from_contiguous
 from panoptic_deploy.errors import ImageError, PanopticDeployError
 from panoptic_deploy.fileio import write_text_atomic
 from panoptic_deploy.modeling import PanopticFCN, build_model
+from panoptic_deploy.outputs import output_folder, refuse_overwriting_inputs
 from panoptic_deploy.panoptic_format import write_panoptic_png
 from panoptic_deploy.postprocess import PanopticResult, postprocess
 from panoptic_deploy.preprocess import prepare_image, read_image
@@ -84,15 +85,30 @@ def segments_info(result: PanopticResult) -> list[dict[str, Any]]:
 
 def write_prediction(result: PanopticResult, output_dir: str | os.PathLike[str], name: str) -> None:
     """Write ``NAME.png`` (segment id = R + 256 G + 65536 B) and ``NAME.json`` into ``output_dir``."""
-    out = Path(output_dir)
-    write_panoptic_png(out / f"{name}.png", result.panoptic_seg)
+    png, json_path = prediction_paths(output_dir, name)
+    write_panoptic_png(png, result.panoptic_seg)
     document = {
         "file_name": f"{name}.png",
         "height": int(result.panoptic_seg.shape[0]),
         "width": int(result.panoptic_seg.shape[1]),
         "segments_info": segments_info(result),
     }
-    write_text_atomic(out / f"{name}.json", json.dumps(document, indent=1) + "\n")
+    write_text_atomic(json_path, json.dumps(document, indent=1) + "\n")
+
+
+def prediction_paths(output_dir: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """The two files :func:`write_prediction` writes for ``name``: ``NAME.png`` and ``NAME.json``."""
+    out = Path(output_dir)
+    return out / f"{name}.png", out / f"{name}.json"
+
+
+def _failure(path: str | os.PathLike[str], exc: Exception) -> str:
+    """One line naming the image: the package's errors as they are (with the path if they lack it), anything
+    else with its type."""
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, PanopticDeployError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if text.startswith(str(path)) else f"{path}: {text}"
 
 
 def predict_files(
@@ -104,11 +120,21 @@ def predict_files(
     threads: int | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """Predict every image; returns one message per image that failed (the others are still written)."""
+    """Predict every image; returns one line per image that failed, naming it (the others are still written).
+
+    Before anything is read or written: :class:`OutputError` if ``output_dir`` is not a folder or an output
+    would overwrite an input (an image, the config or the weights); :class:`ImageError` if two images share
+    a name. Whatever one image raises (an undecodable or oversized file, an impossible aspect ratio, a bug)
+    is caught, reported and the batch goes on; only an interrupt stops it.
+    """
     names = [Path(p).stem for p in images]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ImageError(f"several input images share the name {duplicates[0]!r}; outputs would collide")
+    output_folder(output_dir, "--output")
+    refuse_overwriting_inputs(
+        [path for name in names for path in prediction_paths(output_dir, name)], [*images, config, weights]
+    )
     if threads is not None:
         torch.set_num_threads(threads)
     predictor = Predictor.from_files(config, weights, opts)
@@ -121,11 +147,7 @@ def predict_files(
     ):
         try:
             result = predictor.predict_file(path)
-        except ImageError as exc:
-            failures.append(str(exc))
-            continue
-        except PanopticDeployError as exc:
-            failures.append(f"{path}: {exc}")
-            continue
-        write_prediction(result, output_dir, name)
+            write_prediction(result, output_dir, name)
+        except Exception as exc:  # one bad image never stops the batch
+            failures.append(_failure(path, exc))
     return failures
