@@ -134,7 +134,8 @@ def _cmd_reference(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from panoptic_deploy.bench import run_bench
 
-    inputs = [args.config, args.reference, args.weights, args.engine, args.sidecar, args.gt_json]
+    sidecar = args.sidecar or (f"{args.engine}.json" if args.engine else None)  # run_bench's default
+    inputs = [args.config, args.reference, args.weights, args.engine, sidecar, args.gt_json]
     _check_output("--output", args.output, [*inputs, *args.images])
     result = run_bench(
         args.backend,
