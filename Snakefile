@@ -6,6 +6,8 @@
 Outputs are under results/ only: weights/, onnx/, calibration/, reference/, engines/<backend>/<device>/,
 bench/<backend>/, report.md + report/, and logs/ + benchmarks/ (per-job wall time and memory).
 config/README.md documents every config key; workflow/rules/common.smk validates them at start.
+A job killed mid-write (SIGKILL, out of memory) leaves a hidden temporary file ('.<name>.pdtmp-...') next to its
+output; the next run removes those of writers that no longer run when it starts (onstart below).
 """
 
 from snakemake.utils import min_version
@@ -29,6 +31,10 @@ include: "workflow/rules/engines.smk"
 include: "workflow/rules/reference.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/report.smk"
+
+
+onstart:
+    sweep_results()
 
 
 rule all:

@@ -12,7 +12,20 @@ import torch
 import torch.nn.functional as F
 
 from panoptic_deploy.modeling.panoptic_fcn import CENTER_POOL_SIZES, HeadOutputs, PanopticFCN
-from panoptic_deploy.postprocess import PanopticResult, Segment, resize_to_original
+from panoptic_deploy.postprocess import PanopticResult, Segment
+
+
+def resize_to_original(
+    probs: torch.Tensor, image_size: tuple[int, int], orig_size: tuple[int, int]
+) -> torch.Tensor:
+    """The official post-processing resize, written out here (not taken from the code under test): stride-4
+    maps N×Hf×Wf up ×4 (bilinear, align_corners=False), cropped to the resized image, then resized to the
+    original size the same way."""
+    if probs.shape[0] == 0:
+        return probs.new_zeros((0, *orig_size))
+    up = F.interpolate(probs[None], scale_factor=4, mode="bilinear", align_corners=False)
+    cropped = up[:, :, : image_size[0], : image_size[1]]
+    return F.interpolate(cropped, size=orig_size, mode="bilinear", align_corners=False)[0]
 
 
 def reference_inference(

@@ -207,6 +207,21 @@ def prediction_json_is_an_input_image(tmp: Path, weights: Path) -> Case:
     )
 
 
+def coco_json_is_an_input_image(tmp: Path, weights: Path) -> Case:
+    photo = save(rgb_photo(), tmp / "photo.png")
+    argv = [*predict(tmp / "out", [photo], weights)[:-2], "--coco-json", str(photo), "--", str(photo)]
+    return Case(argv, 2, [[str(photo), "also an input"]], [photo], output=tmp / "out")
+
+
+def coco_json_is_a_prediction_json(tmp: Path, weights: Path) -> Case:
+    photo = save(rgb_photo(), tmp / "photo.png")
+    target = tmp / "out" / "photo.json"
+    argv = [*predict(tmp / "out", [photo], weights)[:-2], "--coco-json", str(target), "--", str(photo)]
+    return Case(
+        argv, 2, [[str(target), "--coco-json", "JSON of a predicted image"]], [photo], output=tmp / "out"
+    )
+
+
 def pq_json_is_the_prediction_json(tmp: Path, weights: Path) -> Case:
     for name in ("gt.json", "pred.json"):
         (tmp / name).write_text('{"annotations": []}\n', encoding="utf-8")
@@ -644,6 +659,8 @@ CASES = [
     output_folder_holds_the_input,
     output_folder_is_a_link_to_the_input_folder,
     prediction_json_is_an_input_image,
+    coco_json_is_an_input_image,
+    coco_json_is_a_prediction_json,
     pq_json_is_the_prediction_json,
     make_weights_output_is_the_config,
     simplify_output_is_its_input,

@@ -23,7 +23,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reference"
 
 
 def _random_state(n: int = 4) -> dict[str, torch.Tensor]:
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(21)
     return {
         f"block{i}.conv.weight": torch.from_numpy(rng.standard_normal((2, i + 1, 3, 3)).astype(np.float32))
         for i in range(n)
@@ -82,7 +82,7 @@ def test_module_prefix_stripped_only_when_every_key_has_it(tmp_path: Path) -> No
 
 
 def test_numpy_arrays_inside_pth(tmp_path: Path) -> None:
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(22)
     arrays: dict[str, np.ndarray] = {
         "a.weight": rng.standard_normal((3, 2, 1, 1)).astype(np.float32),
         "a.bias": rng.standard_normal(3),  # float64
@@ -103,7 +103,7 @@ def test_numpy_arrays_inside_pth(tmp_path: Path) -> None:
 def test_numpy1_array_names_inside_legacy_pth(tmp_path: Path) -> None:
     """Files written under numpy 1.x name ``numpy.core.multiarray._reconstruct``; the legacy
     (non-zip) torch format keeps the pickle text, so the numpy-2 name can be rewritten to it."""
-    value = np.random.default_rng().standard_normal((2, 3)).astype(np.float32)
+    value = np.random.default_rng(23).standard_normal((2, 3)).astype(np.float32)
     buf = io.BytesIO()
     torch.save({"model": {"w": value}}, buf, _use_new_zipfile_serialization=False)
     data = buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
@@ -115,7 +115,7 @@ def test_numpy1_array_names_inside_legacy_pth(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("protocol", [2, 4])
 def test_model_zoo_pkl(tmp_path: Path, protocol: int) -> None:
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(24)
     arrays: OrderedDict[str, np.ndarray] = OrderedDict(
         [
             ("backbone.bottom_up.stem.conv1.weight", rng.standard_normal((4, 3, 7, 7)).astype(np.float32)),
@@ -254,7 +254,7 @@ def test_corrupt_or_truncated_file(tmp_path: Path, suffix: str, damage: str) -> 
     if damage == "truncated":
         path.write_bytes(data[: len(data) // 2])
     elif damage == "garbage":
-        path.write_bytes(np.random.default_rng().integers(0, 256, 4096, dtype=np.uint8).tobytes())
+        path.write_bytes(np.random.default_rng(25).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     else:
         path.write_bytes(b"")
     with pytest.raises(CheckpointError, match="not a readable") as info:
@@ -360,7 +360,7 @@ class _Tiny(torch.nn.Module):
 
 
 def test_load_weights_casts_to_model_dtype(tmp_path: Path) -> None:
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(26)
     arrays = {
         "conv.weight": rng.standard_normal((4, 3, 3, 3)),  # float64 in the file
         "norm.weight": rng.random(4),

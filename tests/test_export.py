@@ -4,6 +4,8 @@ output comparison rules of panoptic_deploy.compare."""
 from __future__ import annotations
 
 import shutil
+import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,13 @@ from panoptic_deploy import compare, export
 from panoptic_deploy.compare import ErrorAccumulator, Tolerance, match_instances, tolerance_failures
 from panoptic_deploy.errors import ExportError, ImageError
 from panoptic_deploy.export import (
+    SIMPLIFIER_METADATA_KEY,
     export_onnx,
     input_hw_for,
     model_name,
     onnx_input_hw,
     prepare_verify_inputs,
+    read_simplifier,
     simplify_onnx,
 )
 from panoptic_deploy.modeling import OUTPUT_NAMES
@@ -149,6 +153,10 @@ def test_simplify_reduces_nodes_and_keeps_every_output(art: pa.Artifacts) -> Non
     assert report.inputs_checked == 3 and report.discrete_mismatches == 0
     assert set(report.max_abs_diff) == {"inst_probs", "inst_scores", "stuff_probs", "stuff_scores"}
     assert max(report.max_abs_diff.values()) <= 1e-5
+    # The default simplifier is onnxsim (the issue card's), recorded in the model and the report.
+    assert (report.simplifier, report.simplifier_version) == ("onnxsim", version("onnxsim"))
+    assert read_simplifier(art.sim_onnx) == f"onnxsim {version('onnxsim')}"
+    assert f"onnxsim {version('onnxsim')}" in report.summary()
     # On a fresh input (noise shaped like a normalised image) both models agree.
     x = np.random.default_rng(7).normal(0.0, 60.0, (1, 3, 64, 96)).astype(np.float32)
     a = make_ort_session(art.onnx, threads=2).run(list(OUTPUT_NAMES), {"image": x})
@@ -157,25 +165,79 @@ def test_simplify_reduces_nodes_and_keeps_every_output(art: pa.Artifacts) -> Non
         np.testing.assert_allclose(u, v, atol=1e-5, rtol=0, err_msg=name)
 
 
+def test_onnxsim_and_onnxslim_give_equal_outputs(art: pa.Artifacts, tmp_path: Path) -> None:
+    """Both simplifiers pass the check, and their models agree with each other on the three evaluation images
+    and a noise input (measured: every output bit-identical; the check allows 1e-5)."""
+    assert art.onnx is not None and art.sim_onnx is not None
+    inputs = prepare_verify_inputs(pa.CONFIG, art.images, pa.INPUT_HW, pa.OPTS)
+    slim_path = tmp_path / "tiny.slim.onnx"
+    report = simplify_onnx(art.onnx, slim_path, inputs, simplifier="onnxslim")
+    assert (report.simplifier, report.inputs_checked, report.discrete_mismatches) == ("onnxslim", 3, 0)
+    assert read_simplifier(slim_path) == f"onnxslim {version('onnxslim')}"
+    assert report.nodes_after < report.nodes_before
+    by_sim = make_ort_session(art.sim_onnx, threads=2)
+    by_slim = make_ort_session(slim_path, threads=2)
+    noise = np.random.default_rng(11).normal(0.0, 60.0, (1, 3, 64, 96)).astype(np.float32)
+    for x in [*inputs, noise]:
+        a = by_sim.run(list(OUTPUT_NAMES), {"image": x})
+        b = by_slim.run(list(OUTPUT_NAMES), {"image": x})
+        for name, u, v in zip(OUTPUT_NAMES, a, b, strict=True):
+            if u.dtype.kind == "f":
+                np.testing.assert_allclose(u, v, atol=1e-5, rtol=0, err_msg=name)
+            else:
+                np.testing.assert_array_equal(u, v, err_msg=name)
+
+
+@pytest.mark.parametrize("simplifier", ["onnxsim", "onnxslim"])
 def test_simplify_that_changes_the_numbers_is_refused(
-    art: pa.Artifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    art: pa.Artifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simplifier: str
 ) -> None:
-    import onnxslim
-
-    real_slim = onnxslim.slim
-
-    def broken_slim(model: onnx.ModelProto) -> onnx.ModelProto:
-        slim = real_slim(model)
-        (init,) = [i for i in slim.graph.initializer if i.name == "position_head.out_inst.weight"]
+    def negate_a_weight(model: onnx.ModelProto) -> onnx.ModelProto:
+        (init,) = [i for i in model.graph.initializer if i.name == "position_head.out_inst.weight"]
         init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
-        return slim
+        return model
 
-    monkeypatch.setattr(onnxslim, "slim", broken_slim)
+    if simplifier == "onnxsim":
+        import onnxsim
+
+        real_simplify = onnxsim.simplify
+        monkeypatch.setattr(
+            onnxsim, "simplify", lambda m, **kw: (negate_a_weight(real_simplify(m, **kw)[0]), True)
+        )
+    else:
+        import onnxslim
+
+        real_slim = onnxslim.slim
+        monkeypatch.setattr(onnxslim, "slim", lambda m: negate_a_weight(real_slim(m)))
     inputs = prepare_verify_inputs(pa.CONFIG, art.images[:1], pa.INPUT_HW, pa.OPTS)
     assert art.onnx is not None
-    with pytest.raises(ExportError, match=r"bad\.sim\.onnx: simplified model differs from .* on input #0"):
-        simplify_onnx(art.onnx, tmp_path / "bad.sim.onnx", inputs)
+    with pytest.raises(
+        ExportError, match=rf"bad\.sim\.onnx: simplified model \({simplifier}\) differs from .* on input #0"
+    ):
+        simplify_onnx(art.onnx, tmp_path / "bad.sim.onnx", inputs, simplifier=simplifier)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_simplifier_is_one_line_and_writes_nothing(
+    art: pa.Artifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from panoptic_deploy.cli import main
+
+    assert art.onnx is not None
+    monkeypatch.setitem(sys.modules, "onnxsim", None)  # import onnxsim now raises ImportError
+    out = tmp_path / "out.sim.onnx"
+    rc = main(["simplify", "--input", str(art.onnx), "--output", str(out), "--config", str(pa.CONFIG),
+               "--opts", *pa.OPTS, "--", str(art.images[0])])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "simplifier 'onnxsim' is not installed" in err and "choose 'onnxslim'" in err
+    assert list(tmp_path.iterdir()) == []
+    # The other one still works from the CLI, and says which it used.
+    rc = main(["simplify", "--simplifier", "onnxslim", "--input", str(art.onnx), "--output", str(out),
+               "--config", str(pa.CONFIG), "--opts", *pa.OPTS, "--", str(art.images[0])])  # fmt: skip
+    assert rc == 0 and f"onnxslim {version('onnxslim')}" in capsys.readouterr().out
+    model = onnx.load(str(out), load_external_data=False)
+    assert {p.key: p.value for p in model.metadata_props}[SIMPLIFIER_METADATA_KEY].startswith("onnxslim ")
 
 
 def test_simplify_needs_inputs_and_a_model(tmp_path: Path) -> None:

@@ -420,6 +420,28 @@ def test_compute_pq_from_files_equals_summed_arrays_for_any_worker_count(tmp_pat
     got2 = compute_pq(*paths, workers=2).to_json()
     assert got1 == want, f"seed {seed}"
     assert got2 == got1, f"seed {seed}"
+    # Independently of the code under test: the plain loops of naive_stat summed over the images, and PQ by
+    # its definition, averaged over the categories that occur (things and stuff from CATS).
+    sums = {c: np.zeros(4) for c in CAT_IDS}
+    for im in images:
+        for c, counts in naive_stat(*im).items():
+            sums[c] += counts
+    occurring = [c for c in CATS if sums[c.id][:3].sum() > 0]
+    for c in CATS:
+        tp, fp, fn, iou = sums[c.id]
+        entry = got1["per_class"][str(c.id)]
+        assert (entry["tp"], entry["fp"], entry["fn"]) == (tp, fp, fn), f"seed {seed}, category {c.id}"
+        denominator = tp + fp / 2 + fn / 2
+        want_pq = iou / denominator if denominator else 0.0
+        assert entry["pq"] == pytest.approx(want_pq, abs=1e-12), f"seed {seed}, category {c.id}"
+    for name, members in (
+        ("All", occurring),
+        ("Things", [c for c in occurring if c.isthing]),
+        ("Stuff", [c for c in occurring if not c.isthing]),
+    ):
+        pqs = [sums[c.id][3] / (sums[c.id][0] + sums[c.id][1] / 2 + sums[c.id][2] / 2) for c in members]
+        assert got1[name]["n"] == len(members), f"seed {seed}, {name}"
+        assert got1[name]["pq"] == pytest.approx(np.mean(pqs) if pqs else 0.0, abs=1e-12), f"seed {seed}"
 
 
 def test_pq_command_prints_and_writes_api_structure(

@@ -12,16 +12,17 @@ import re
 import struct
 from pathlib import Path
 
+# ModelOpt, onnx and onnxruntime are required dependencies ([pipeline]): a broken install must fail here,
+# not turn this module into skips.
+import modelopt.onnx.quantization  # noqa: F401
 import numpy as np
 import numpy.typing as npt
+import onnx
+import onnxruntime as ort
 import pytest
+import torch
 
-pytest.importorskip("modelopt.onnx.quantization")
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-torch = pytest.importorskip("torch")
-
-from panoptic_deploy.precision import (  # noqa: E402
+from panoptic_deploy.precision import (
     CACHE_MAGIC,
     PrecisionError,
     calibrate,
@@ -296,13 +297,19 @@ def _entropy_reference(hist: npt.NDArray[np.int64], edges: npt.NDArray[np.float6
     return float(edges[len(arr) - 1 - int(np.argmin(arr[::-1])) + 128])
 
 
-def test_entropy_amax_matches_the_reference_search() -> None:
-    rng = np.random.default_rng()
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_entropy_amax_matches_the_reference_search(seed: int) -> None:
+    rng = np.random.default_rng(seed)
     for bins in (129, 200, 300):
         data = np.abs(rng.standard_normal(20000) ** 3)
         data[rng.random(data.size) < 0.3] = 0.0  # a ReLU-like spike at zero
         hist, edges = np.histogram(data, bins=bins)
-        assert entropy_amax(hist, edges) == _entropy_reference(hist, edges)
+        assert entropy_amax(hist, edges) == _entropy_reference(hist, edges), f"seed {seed}, {bins} bins"
+    # Exact ties (tests/test_missed_bugs.py has the hand-worked case): both take the largest candidate.
+    tied = np.zeros(300, np.int64)
+    tied[:3] = [10, 10, 40]
+    edges = np.linspace(0.0, 3.0, 301)
+    assert entropy_amax(tied, edges) == _entropy_reference(tied, edges) == edges[256]
 
 
 def test_entropy_clips_a_long_tail() -> None:
@@ -482,9 +489,14 @@ def test_int8_exclusions_keep_those_nodes_unquantized(
     fp32_model: Path, entropy_cache: Path, tmp_path: Path
 ) -> None:
     full = tmp_path / "full.onnx"
-    quantize_int8(fp32_model, entropy_cache, full, high_precision="fp32")
+    report = quantize_int8(fp32_model, entropy_cache, full, high_precision="fp32")
     convs = _dq_fed(onnx.load(str(full)), "Conv")
-    assert len(convs) >= 2 and all(convs.values())  # every Conv reads Q/DQ inputs without exclusions
+    # Without exclusions every Conv reads Q/DQ inputs, except the centre Conv, which only feeds TopK (the
+    # selection rule, tests/test_graph_precision.py).
+    selection = {name for name in convs if name in report.selection_nodes}
+    assert len(selection) == 1 and not any(convs[name] for name in selection)
+    convs = {name: fed for name, fed in convs.items() if name not in selection}
+    assert len(convs) >= 2 and all(convs.values())
 
     no_conv = tmp_path / "no_conv.onnx"
     report = quantize_int8(
@@ -498,7 +510,7 @@ def test_int8_exclusions_keep_those_nodes_unquantized(
     one = tmp_path / "one.onnx"
     quantize_int8(fp32_model, entropy_cache, one, high_precision="fp32", exclude_nodes=[re.escape(first)])
     fed = _dq_fed(onnx.load(str(one)), "Conv")
-    assert not fed[first] and all(v for k, v in fed.items() if k != first)
+    assert not fed[first] and all(v for k, v in fed.items() if k != first and k not in selection)
 
     out = tmp_path / "bad.onnx"
     for kwargs, message in (
@@ -537,7 +549,7 @@ def test_q_scales_map_back_through_a_retargeted_cast() -> None:
 
     from panoptic_deploy.precision import _activation_q_scales
 
-    scale = np.float32(np.random.default_rng().uniform(0.01, 1.0))
+    scale = np.float32(np.random.default_rng(11).uniform(0.01, 1.0))  # seed 11: any scale in (0.01, 1) does
     graph = helper.make_graph(
         [
             helper.make_node("Equal", ["a", "b"], ["eq_8"], name="eq"),
@@ -571,7 +583,7 @@ def test_calibration_batches_fit_any_image_to_the_static_input(tmp_path: Path) -
 
     config = Path(__file__).parents[1] / "configs" / "PanopticFCN-R50-400-3x-FAST-nodeform.yaml"
     opts = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(12)  # seed 12: any pixels do; the expected arrays are built from them
     wide = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)  # resized stays 64x96 -> cropped to 64x64
     small = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)  # pads to 64x64 exactly
     Image.fromarray(wide).save(tmp_path / "wide.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,13 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def images(tmp_path: Path) -> list[Path]:
-    rng = np.random.default_rng()
+    seed = secrets.randbits(32)
+    print(f"images: crop seed {seed}")  # shown with a failing test's captured output
+    rng = np.random.default_rng(seed)
     paths = []
     for name in ("coffee", "chelsea"):
         image = Image.open(ROOT / "tests" / "fixtures" / "images" / f"{name}.png")
-        # Random crop so that every run sees a fresh input.
+        # Random crop so that every run sees a fresh input (its seed printed above).
         w, h = image.size
         x, y = int(rng.integers(0, w // 4)), int(rng.integers(0, h // 4))
         path = tmp_path / f"{name}.png"

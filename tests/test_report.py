@@ -112,6 +112,10 @@ def test_invalid_input_writes_nothing(art: pa.Artifacts, tmp_path: Path) -> None
         write_report([], tmp_path / "report.md")
 
 
+# trtexec 11.x's warning after a failed capture (samples/common/sampleInference.cpp, release/11.1).
+CAPTURE_FAILED = "CUDA graph capture failed. The inference will be launched without using CUDA graph."
+
+
 def test_trtexec_checks_sit_beside_the_row_that_ran_the_same_engine_file(
     art: pa.Artifacts, tmp_path: Path
 ) -> None:
@@ -128,9 +132,13 @@ def test_trtexec_checks_sit_beside_the_row_that_ran_the_same_engine_file(
                 engine=f"results/engines/tensorrt/k/{path.stem}.engine",
                 engine_sha256=sha,
                 trtexec="TensorRT.trtexec [TensorRT v100300]",
+                trtexec_version="10.3.0",
+                tensorrt_version="10.3.0.26",
                 command=("trtexec",),
                 iterations=200,
+                cuda_graph_requested=True,
                 cuda_graph=path is orphan,
+                warnings=() if path is orphan else (CAPTURE_FAILED,),
                 gpu_compute_median_ms=median,
                 gpu_compute_mean_ms=median,
                 created="2026-11-25T22:00:00+00:00",
@@ -143,11 +151,13 @@ def test_trtexec_checks_sit_beside_the_row_that_ran_the_same_engine_file(
     table = [line for line in section.split("##", 1)[0].splitlines() if line.startswith("| ")][1:]
     ours = row.latency.network.p50_ms
     assert table == [
-        f"| {pa.MODEL} onnxruntime fp32 | {ours:.2f} | 0.50 | {ours / 0.5:.2f}x | no | "
+        f"| {pa.MODEL} onnxruntime fp32 | {ours:.2f} | 0.50 | {ours / 0.5:.2f}x | no (capture failed) | "
         "TensorRT.trtexec [TensorRT v100300] |",
         "| orphan.engine (no benchmark ran this file) | – | 2.00 | – | yes | "
         "TensorRT.trtexec [TensorRT v100300] |",
     ]
+    assert f"- matched.engine: trtexec warned: {CAPTURE_FAILED}" in section
+    assert "orphan.engine: trtexec warned" not in section
     # Without checks there is no such section.
     write_report([art.bench_ort], out)
     assert "timed by trtexec" not in out.read_text(encoding="utf-8")

@@ -101,6 +101,8 @@ def test_cuda_graph_replay_equals_plain_execution(engine: tuple[Path, EngineSide
     plan, sidecar, _ = engine
     plain = TrtRunner(plan, sidecar)
     graphed = TrtRunner(plan, sidecar, cuda_graph=True)
+    assert not plain.cuda_graph
+    assert graphed.cuda_graph and graphed.cuda_graph_failure is None  # a plain CNN captures
     for _ in range(2):  # new inputs each time: the replay reads the bound input buffer
         x = torch.randn(INPUT_SHAPE, device="cuda")
         a, b = plain.run({"image": x}), graphed.run({"image": x})
@@ -156,6 +158,34 @@ def test_timing_cache_is_reused(engine: tuple[Path, EngineSidecar, TinyNet], tmp
     )
     assert again.builder["timing_cache"] == "loaded"
     assert again.precision == "fp32"  # read from the graph when not given
+
+
+@pytest.mark.tensorrt
+@needs_trt
+def test_unreadable_timing_cache_is_replaced(
+    engine: tuple[Path, EngineSidecar, TinyNet], tmp_path: Path
+) -> None:
+    """A damaged cache file: create_timing_cache returns None; the build goes on with a fresh cache, and the
+    file is replaced by a readable one (the next build loads it)."""
+    plan, _, _ = engine
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"not a timing cache" * 64)
+
+    def build(name: str) -> EngineSidecar:
+        return build_trt_engine(
+            plan.parent / "tiny.onnx",
+            tmp_path / name,
+            workspace_bytes=WORKSPACE,
+            optimization_level=0,
+            timing_cache_path=cache,
+            input_shape=INPUT_SHAPE,
+        )
+
+    first = build("a.plan")
+    assert first.builder["timing_cache"] == "discarded (unreadable: damaged or from another TensorRT version)"
+    assert not cache.read_bytes().startswith(b"not a timing cache")
+    assert build("b.plan").builder["timing_cache"] == "loaded"
+    assert (tmp_path / "timing.cache.lock").exists()
 
 
 @pytest.mark.tensorrt
@@ -250,7 +280,13 @@ _STUB_PROBE = """\
 import tensorrt as trt
 
 
-def probe(builder: trt.Builder, config: trt.IBuilderConfig, engine: trt.ICudaEngine) -> int:
+def probe(
+    builder: trt.Builder,
+    config: trt.IBuilderConfig,
+    engine: trt.ICudaEngine,
+    layer: trt.ILayer,
+    network: trt.INetworkDefinition,
+) -> int:
     config.set_flag(trt.BuilderFlag.FP16)  # removed
     config.set_flag(trt.BuilderFlag.INT8)  # removed
     config.int8_calibrator = None  # removed
@@ -258,11 +294,18 @@ def probe(builder: trt.Builder, config: trt.IBuilderConfig, engine: trt.ICudaEng
     flag = trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH  # removed
     fast = builder.platform_has_fast_fp16  # removed
     size = engine.device_memory_size  # removed
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    layer.precision = trt.DataType.HALF  # removed
+    reader: trt.IStreamReader  # removed
+    network.add_quantize(network.get_input(0), network.get_input(1))  # removed
+    config.set_flag(trt.BuilderFlag.DIRECT_IO)  # deprecated in 10.7 but still bound by 11.0 and 11.1
+    created = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
     config.builder_optimization_level = 3
-    plan = builder.build_serialized_network(network, config)
+    plan = builder.build_serialized_network(created, config)
     nbytes = plan.nbytes  # None on failure
+    cache = config.create_timing_cache(b"")
+    blob = cache.serialize()  # None on failure
+    merged = config.get_timing_cache().combine(cache, ignore_mismatch=False)  # None on failure
     return engine.device_memory_size_v2 + engine.num_io_tensors + len(trt.__version__)
 """
 

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import snakemake as _snakemake_required  # noqa: F401  (a [pipeline] dependency: a broken install fails)
 import yaml
-
-pytest.importorskip("snakemake")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo" / "images"
@@ -215,6 +214,8 @@ def test_full_run_produces_every_artifact(tiny_run: Path, ort_key: str) -> None:
         "images",
     }
     assert created == {"results", ".snakemake"}
+    # No temporary or other hidden file under results/ (every write is atomic and cleans up after itself).
+    assert not [p for p in (tiny_run / "results").rglob(".*")]
 
 
 def test_bench_files_validate_and_report_has_every_row(tiny_run: Path, ort_key: str) -> None:
@@ -344,6 +345,107 @@ def test_interrupted_run_resumes_through_incomplete_file_handling(clone: Path, o
     assert dry_run_outputs(clone) == set()
 
 
+def _temp_files(workdir: Path) -> list[str]:
+    """The package's temporary files and folders under results/ (panoptic_deploy.fileio's mark)."""
+    from panoptic_deploy.fileio import is_temp_name
+
+    return sorted(
+        str(p.relative_to(workdir)) for p in (workdir / "results").rglob("*") if is_temp_name(p.name)
+    )
+
+
+def test_killed_job_leaves_no_stray_file_after_the_next_run(clone: Path, ort_key: str) -> None:
+    """A real SIGKILL of Snakemake and its running job mid-write, then the next run: the job's temporary files
+    are removed when the run starts (onstart), the outputs are complete, nothing else is left."""
+    cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
+    cfg["report"] = {"example_image": TINY_EVAL[1]}  # only the report reruns (a few seconds of plotting)
+    _write_config(clone, cfg)
+    old_report = (clone / "results/report.md").read_text(encoding="utf-8")
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "results/report.md"],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    left: list[str] = []
+    try:
+        deadline = time.monotonic() + PARSE_TIMEOUT_S
+        while not left and time.monotonic() < deadline and proc.poll() is None:
+            left = _temp_files(clone)
+            if left:  # the report job is writing its plots: kill Snakemake and the job together
+                os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert left, "the report job was not caught writing"
+    time.sleep(0.5)  # let the killed job's process be reaped
+    # What the kill left: the job's temp files (nothing removes them but the next start), no new report (the
+    # set's marker is renamed last; Snakemake removed the old outputs before the job) and Snakemake's lock.
+    stray = _temp_files(clone)
+    assert stray and all(p.startswith("results/report") for p in stray), stray
+    report_md = clone / "results/report.md"
+    assert not report_md.exists() or report_md.read_text(encoding="utf-8") == old_report
+
+    assert snakemake(clone, "--unlock").returncode == 0
+    rerun = snakemake(clone, "--cores", "1", "--rerun-incomplete", "results/report.md", timeout=RUN_TIMEOUT_S)
+    assert rerun.returncode == 0, _combined(rerun)[-4000:]
+    assert f"Removed {len(stray)} temporary file(s) left by killed jobs under results/" in _combined(rerun)
+    assert _temp_files(clone) == []
+    assert not [p for p in (clone / "results").rglob(".*")], "a hidden file is left under results/"
+    report = (clone / "results/report.md").read_text(encoding="utf-8")
+    assert f"image `{Path(TINY_EVAL[1]).stem}`" in report
+    for path in tiny_outputs(ort_key)["report"]:
+        assert (clone / path).is_file(), path
+    assert dry_run_outputs(clone) == set()
+
+
+def test_changing_the_simplifier_reruns_from_the_simplified_model(clone: Path, ort_key: str) -> None:
+    cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
+    cfg["export"] = {"simplifier": "onnxslim"}
+    _write_config(clone, cfg)
+    groups = tiny_outputs(ort_key)
+    unchanged = {
+        "results/weights/tiny.pth",
+        f"results/onnx/{TINY_MODEL}.onnx",
+        f"results/reference/{TINY_MODEL}.npz",
+        f"results/bench/torch/{TINY_MODEL}.fp32.json",
+    }
+    assert dry_run_outputs(clone) == set().union(*groups.values()) - unchanged
+
+
+@pytest.mark.parametrize("case", ["unknown", "not_installed"])
+def test_simplifier_choice_is_checked_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    workdir = make_workdir(tmp_path / "w")
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    if case == "unknown":
+        cfg["export"] = {"simplifier": "onnx-simplifier"}
+        expected = ["export.simplifier", "'onnx-simplifier' is not one of ['onnxsim', 'onnxslim']"]
+    else:
+        # The Snakemake process cannot import onnxsim (sitecustomize marks it absent, as if not installed).
+        hide = tmp_path / "hide"
+        hide.mkdir()
+        (hide / "sitecustomize.py").write_text(
+            "import sys\nsys.modules['onnxsim'] = None\n", encoding="utf-8"
+        )
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")]))
+        expected = ["export.simplifier", "onnxsim is not installed here", "or set it to onnxslim"]
+    _write_config(workdir, cfg)
+    proc = snakemake(workdir, "--cores", "1", "results/report.md")
+    output = _combined(proc)
+    assert proc.returncode != 0 and "ConfigError" in output
+    for text in expected:
+        assert text in output, f"{text!r} not in:\n{output[-2000:]}"
+    assert not (workdir / "results").exists()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Dry-run of the demo config
 
@@ -359,23 +461,22 @@ def test_demo_dry_run_lists_the_expected_jobs(tmp_path: Path) -> None:
     _write_config(workdir, cfg)
     proc = snakemake(workdir, "--dry-run", "--cores", "1", "results/report.md")
     assert proc.returncode == 0, _combined(proc)
-    # The 4 demo photos pad to two input sizes (astronaut 416×416, the others 416×608): two branches, each
-    # with its ONNX models, 3 engines, a reference and 4 benchmarks; one set of weights, one report.
+    # The 16 demo scenes (256×320) pad to one input size: one branch with its ONNX models, 3 engines, a
+    # reference and 4 benchmarks; the trained checkpoint is an input (no synthetic-weights job); one report.
     assert job_counts(proc.stdout) == {
-        "synthetic_weights": 1,
-        "export_onnx": 2,
-        "simplify_onnx": 2,
-        "fp16_onnx": 2,
-        "calibration_cache": 2,
-        "int8_onnx": 2,
-        "engine_onnxruntime": 6,
-        "reference_outputs": 2,
-        "bench_torch": 2,
-        "bench_engine": 6,
+        "export_onnx": 1,
+        "simplify_onnx": 1,
+        "fp16_onnx": 1,
+        "calibration_cache": 1,
+        "int8_onnx": 1,
+        "engine_onnxruntime": 3,
+        "reference_outputs": 1,
+        "bench_torch": 1,
+        "bench_engine": 3,
         "report": 1,
     }
     outputs = {p for paths in scheduled(proc.stdout).values() for p in paths}
-    assert {"results/onnx/demo_416x416.onnx", "results/onnx/demo_416x608.int8.onnx"} <= outputs
+    assert {"results/onnx/demo_256x320.onnx", "results/onnx/demo_256x320.int8.onnx"} <= outputs
     assert not (workdir / "results").exists()
 
     # The GPU overlay passes the schema on top of the demo config; without CUDA its extra rows (torch FP16,
@@ -436,6 +537,17 @@ def _eval_image_of_another_size(cfg: dict[str, Any], workdir: Path) -> None:
     shutil.copy2(DEMO / "eval" / "astronaut.png", workdir / "images/eval/astronaut.png")  # pads to 64×64
 
 
+def _missing_categories_file(cfg: dict[str, Any], workdir: Path) -> None:
+    cfg["model"]["categories"] = "labels/no_such.json"
+
+
+def _heads_that_do_not_fit_the_categories(cfg: dict[str, Any], workdir: Path) -> None:
+    from panoptic_deploy.dataset import scene_category_set
+
+    (workdir / "scenes.json").write_text(json.dumps(scene_category_set().to_json()), encoding="utf-8")
+    cfg["model"]["categories"] = "scenes.json"  # 6 things, 4 stuff; the config's heads are COCO's 80 / 54
+
+
 def _tensorrt_where_it_cannot_run(cfg: dict[str, Any], workdir: Path) -> None:
     if _tensorrt_runs():
         pytest.skip("TensorRT runs on this machine")
@@ -462,6 +574,17 @@ def _trtexec_required_without_tensorrt(cfg: dict[str, Any], workdir: Path) -> No
         ),
         (_unknown_precision, ["precisions.1", "'int4'"]),
         (_eval_image_of_another_size, ["model.input_sizes", "images/eval/astronaut.png", "[64, 64]"]),
+        (_missing_categories_file, ["model.categories", "labels/no_such.json", "category file not found"]),
+        (
+            _heads_that_do_not_fit_the_categories,
+            [
+                "model.categories",
+                "THING.NUM_CLASSES = 80",
+                "STUFF.NUM_CLASSES = 54",
+                "scenes.json",
+                "expects 6 and 5",
+            ],
+        ),
         (_tensorrt_where_it_cannot_run, ["backends", "tensorrt was asked for but cannot run here"]),
         (
             _trtexec_required_without_tensorrt,

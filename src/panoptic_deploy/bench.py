@@ -39,6 +39,7 @@ import torch
 from numpy.typing import NDArray
 
 from panoptic_deploy import __version__
+from panoptic_deploy.categories import COCO, Category, CategorySet
 from panoptic_deploy.compare import (
     ErrorAccumulator,
     OutputError,
@@ -172,6 +173,7 @@ def capture_environment() -> Environment:
         "numpy": np.__version__,
         "onnx": _dist_version("onnx"),
         "onnxruntime": _dist_version("onnxruntime", "onnxruntime-gpu"),
+        "onnxsim": _dist_version("onnxsim"),
         "onnxslim": _dist_version("onnxslim"),
         "nvidia-modelopt": _dist_version("nvidia-modelopt"),
         "tensorrt": _dist_version(
@@ -196,12 +198,17 @@ def capture_environment() -> Environment:
 # Model parameters without the weights
 
 
-def load_model_params(config: PathLike, opts: Sequence[str] = ()) -> tuple[InputParams, InferenceParams]:
-    """Pre-/post-processing parameters of a config (no model is built)."""
+def load_model_params(
+    config: PathLike, opts: Sequence[str] = (), categories: CategorySet | None = None
+) -> tuple[InputParams, InferenceParams]:
+    """Pre-/post-processing parameters of a config (no model is built); with ``categories``, the config's
+    head sizes must fit them."""
     from panoptic_deploy.config import load_config
     from panoptic_deploy.modeling.panoptic_fcn import inference_params_from_config, input_params_from_config
 
     cfg = load_config(Path(config), opts)
+    if categories is not None:
+        categories.check_config(cfg, str(config))
     return input_params_from_config(cfg), inference_params_from_config(cfg)
 
 
@@ -239,8 +246,9 @@ class ImagePanoptic:
     panoptic_seg: NDArray[np.int32]
     segments: tuple[dict[str, Any], ...]
 
-    def pair(self) -> PanopticPair:
-        return panoptic_pair(self.panoptic_seg, self.segments)
+    def pair(self, categories: CategorySet | None = None) -> PanopticPair:
+        """(id map, segments with the dataset ids of ``categories``, default COCO)."""
+        return panoptic_pair(self.panoptic_seg, self.segments, categories)
 
     def to_json(self) -> dict[str, Any]:
         height, width = self.panoptic_seg.shape
@@ -279,6 +287,7 @@ class Reference:
     images: tuple[ReferenceImage, ...]
     meta: dict[str, Any]
     sha256: str
+    categories: CategorySet = COCO  # the model's category set (meta "categories"; COCO in older files)
 
 
 def _image_names(images: Sequence[PathLike]) -> list[str]:
@@ -299,12 +308,14 @@ def write_reference(
     *,
     model_name: str | None = None,
     threads: int | None = None,
+    categories: CategorySet = COCO,
 ) -> Reference:
     """Run torch FP32 on CPU over ``images`` (all must pad to ``input_hw``) and write ``output`` (.npz).
 
     The file holds, per image ``i``: ``img{i}.<output name>`` (the seven network outputs),
     ``img{i}.panoptic_seg`` (H×W int32) and ``img{i}.segments`` (JSON), plus ``meta`` (JSON: model name,
-    input shape, image names and paths, sizes, versions). ``model_name`` defaults to the file stem.
+    input shape, image names and paths, sizes, versions, the model's category set). ``model_name`` defaults
+    to the file stem. The config's head sizes must fit ``categories``; the benchmarks take them from here.
     """
     from panoptic_deploy.postprocess import postprocess
     from panoptic_deploy.predict import load_model, segments_info
@@ -314,7 +325,7 @@ def write_reference(
     names = _image_names(images)
     if threads is not None:
         torch.set_num_threads(threads)
-    model = load_model(config, weights, opts, "cpu")
+    model = load_model(config, weights, opts, "cpu", categories)
     height, width = (int(v) for v in input_hw)
     arrays: dict[str, NDArray[Any]] = {}
     entries = []
@@ -326,7 +337,7 @@ def write_reference(
             for key, value in as_numpy_outputs(outputs).items():
                 arrays[f"img{i}.{key}"] = value
             arrays[f"img{i}.panoptic_seg"] = result.panoptic_seg.astype(np.int32)
-            arrays[f"img{i}.segments"] = np.asarray(json.dumps(segments_info(result)))
+            arrays[f"img{i}.segments"] = np.asarray(json.dumps(segments_info(result, categories)))
             entries.append(
                 {
                     "name": name,
@@ -342,6 +353,8 @@ def write_reference(
         "opts": list(opts),
         "input_shape": [1, 3, height, width],
         "images": entries,
+        "categories": categories.to_json(),
+        "category_source": categories.source,
         "package_version": __version__,
         "torch_version": torch.__version__,
         "device": "cpu",
@@ -384,7 +397,17 @@ def read_reference(path: PathLike) -> Reference:
     except (KeyError, ValueError, OSError, json.JSONDecodeError) as exc:
         raise BenchError(f"{path}: not a valid reference file ({type(exc).__name__}: {exc})") from exc
     shape = tuple(int(v) for v in meta["input_shape"])
-    return Reference(meta["model"], shape, tuple(images), meta, file_sha256(path))  # type: ignore[arg-type]
+    categories = COCO
+    if "categories" in meta:
+        categories = CategorySet.from_json(meta["categories"], str(meta.get("category_source", path)))
+    return Reference(
+        meta["model"],
+        shape,  # type: ignore[arg-type]
+        tuple(images),
+        meta,
+        file_sha256(path),
+        categories,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -600,6 +623,7 @@ class BenchResult:
     package_version: str = __version__
     created: str = ""
     schema_version: int = BENCH_SCHEMA_VERSION
+    categories: CategorySet | None = None  # the model's category set (report colours and legends)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -623,6 +647,11 @@ class BenchResult:
             "notes": list(self.notes),
             "package_version": self.package_version,
             "created": self.created,
+            **(
+                {}
+                if self.categories is None
+                else {"categories": {"source": self.categories.source, "list": self.categories.to_json()}}
+            ),
         }
 
     @classmethod
@@ -650,6 +679,9 @@ class BenchResult:
             package_version=data["package_version"],
             created=data["created"],
             schema_version=data["schema_version"],
+            categories=None
+            if "categories" not in data
+            else CategorySet.from_json(data["categories"]["list"], data["categories"]["source"]),
         )
 
 
@@ -838,6 +870,12 @@ def _trt_runner(precision: str, engine: PathLike, sidecar_file: PathLike, cuda_g
         )
     runner = TrtRunner(engine, sidecar, cuda_graph=cuda_graph)
     memory = runner.memory()
+    notes = [
+        "network time includes the runner's copy into its bound input buffer and the clone of its "
+        "outputs (CUDA events on the caller's stream)"
+    ]
+    if runner.cuda_graph_failure is not None:
+        notes.append(f"CUDA graph asked for but not used: {runner.cuda_graph_failure}")
 
     def to_device(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {INPUT_NAME: x.to("cuda")}
@@ -846,14 +884,10 @@ def _trt_runner(precision: str, engine: PathLike, sidecar_file: PathLike, cuda_g
         "cuda",
         to_device,
         runner.run,
-        [
-            "network time includes the runner's copy into its bound input buffer and the clone of its "
-            "outputs "
-            "(CUDA events on the caller's stream)"
-        ],
+        notes,
         _engine_info(engine, sidecar),
         gpu_engine_mb=memory.engine_device_memory_bytes / 1e6,
-        cuda_graph=cuda_graph,
+        cuda_graph=runner.cuda_graph,  # what runs do: False after a failed capture
     )
 
 
@@ -875,15 +909,40 @@ def _peak_rss_mb() -> float:
     return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6  # bytes on macOS, KiB on Linux
 
 
+def check_ground_truth_categories(gt: Sequence[Category], model: CategorySet, source: str) -> None:
+    """One-line error unless the ground truth's categories (id, isthing) are the model's category set."""
+    gt_keys = sorted((c.id, c.isthing) for c in gt)
+    model_keys = [(c.id, c.isthing) for c in model.categories]
+    if gt_keys == model_keys:
+        return
+    extra = sorted({i for i, _ in gt_keys} - {i for i, _ in model_keys})
+    missing = sorted({i for i, _ in model_keys} - {i for i, _ in gt_keys})
+    detail = f"ids only in the ground truth: {extra[:8]}" if extra else ""
+    if missing:
+        detail += ("; " if detail else "") + f"ids only in the model's set: {missing[:8]}"
+    if not detail:
+        detail = "the same ids differ in isthing"
+    raise PanopticFormatError(
+        f"{source}: ground-truth categories ({len(gt_keys)}) are not the model's category set {model.source} "
+        f"({len(model_keys)}): {detail}"
+    )
+
+
 def _ground_truth_pq(
-    gt_json: PathLike, gt_dir: PathLike, names: Sequence[str], pairs: Sequence[PanopticPair]
+    gt_json: PathLike,
+    gt_dir: PathLike,
+    names: Sequence[str],
+    pairs: Sequence[PanopticPair],
+    categories: CategorySet = COCO,
 ) -> GroundTruthPQ:
-    """PQ of ``pairs`` (one per evaluation image, named by file stem) against a COCO panoptic dataset."""
+    """PQ of ``pairs`` (one per evaluation image, named by file stem; dataset ids of ``categories``)
+    against a COCO panoptic dataset, whose categories must be those of the model."""
     from panoptic_deploy.panoptic_format import load_panoptic_json, read_panoptic_png
     from panoptic_deploy.pq import PQResult, PQStat, pq_from_arrays
 
     gt = load_panoptic_json(gt_json, require_categories=True)
     assert gt.categories is not None
+    check_ground_truth_categories(gt.categories, categories, str(gt_json))
     by_stem = {Path(a.file_name).stem: a for a in gt.annotations}
     category_ids = [c.id for c in gt.categories]
     stat = PQStat.zeros(category_ids)
@@ -967,7 +1026,8 @@ def run_bench(
         )
     if threads is not None:
         torch.set_num_threads(threads)
-    input_params, inference = load_model_params(config, opts)
+    categories = ref.categories
+    input_params, inference = load_model_params(config, opts, categories)
     decoded = [read_image(p, input_params.input_format) for p in images]
     input_hw = ref.input_shape[2:]
 
@@ -1032,7 +1092,9 @@ def run_bench(
             acc.add(as_numpy_outputs(outputs), ref_image.outputs)
             results.append(
                 ImagePanoptic(
-                    ref_image.name, result.panoptic_seg.astype(np.int32), tuple(segments_info(result))
+                    ref_image.name,
+                    result.panoptic_seg.astype(np.int32),
+                    tuple(segments_info(result, categories)),
                 )
             )
         if backend == "torch_compile" and compile_seconds is None:
@@ -1047,10 +1109,13 @@ def run_bench(
             total.append(pre_ms + net_ms + post_ms)
 
         agreement = panoptic_agreement(
-            [r.pair() for r in results], [r.panoptic.pair() for r in ref.images], ref_names
+            [r.pair(categories) for r in results],
+            [r.panoptic.pair(categories) for r in ref.images],
+            ref_names,
+            categories,
         )
         ground_truth = (
-            _ground_truth_pq(gt_json, gt_dir, ref_names, [r.pair() for r in results])
+            _ground_truth_pq(gt_json, gt_dir, ref_names, [r.pair(categories) for r in results], categories)
             if gt_json is not None and gt_dir is not None
             else None
         )
@@ -1097,6 +1162,7 @@ def run_bench(
             panoptic=tuple(results),
             notes=tuple(runner.notes),
             created=_utc_now(),
+            categories=categories,
         )
         if output is not None:
             write_bench(result, output)

@@ -9,7 +9,13 @@ segment). COCO panoptic JSON carries the COCO category id instead; ``isthing`` p
 from __future__ import annotations
 
 import colorsys
+import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 from panoptic_deploy.errors import PanopticFormatError
 
@@ -113,3 +119,175 @@ def contiguous_from_coco(coco_id: int) -> tuple[int, bool]:
         return COCO_TO_CONTIGUOUS[coco_id]
     except KeyError:
         raise PanopticFormatError(f"unknown COCO panoptic category id {coco_id}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Category sets: COCO (the default) or a custom COCO-panoptic ``categories`` list
+
+
+@dataclass(frozen=True)
+class CategorySet:
+    """A model's categories and its contiguous <-> dataset id mapping (detectron2's metadata convention).
+
+    * Things (``isthing = 1``) sorted by dataset id get contiguous ids 0..T-1
+      (``thing_dataset_id_to_contiguous_id``); they are the thing head's T classes
+      (``MODEL.POSITION_HEAD.THING.NUM_CLASSES = T``).
+    * Stuff sorted by dataset id get contiguous ids 1..S (``stuff_dataset_id_to_contiguous_id`` of the
+      "panoptic separated" metadata); stuff-head channel 0 is the merged "things" class
+      (``STUFF.WITH_THING True``), so ``MODEL.POSITION_HEAD.STUFF.NUM_CLASSES = S + 1``.
+
+    ``categories`` are sorted by dataset id; ``source`` names where the set came from (``"coco"`` or a
+    file) for messages. COCO's set is :data:`COCO`.
+    """
+
+    categories: tuple[Category, ...]
+    source: str = "coco"
+
+    @classmethod
+    def from_categories(cls, categories: Sequence[Category], source: str) -> CategorySet:
+        """Validate and sort: unique ids >= 1, unique names not required, at least one thing and one stuff."""
+        cats = tuple(sorted(categories, key=lambda c: c.id))
+        if not cats:
+            raise PanopticFormatError(f"{source}: the category list is empty")
+        ids = [c.id for c in cats]
+        for i in range(1, len(ids)):
+            if ids[i] == ids[i - 1]:
+                raise PanopticFormatError(f"{source}: category id {ids[i]} listed twice")
+        if ids[0] < 1:
+            raise PanopticFormatError(f"{source}: category id {ids[0]} is not a positive integer")
+        if not any(c.isthing for c in cats):
+            raise PanopticFormatError(f"{source}: no thing category (isthing = 1)")
+        if all(c.isthing for c in cats):
+            raise PanopticFormatError(f"{source}: no stuff category (isthing = 0)")
+        # Give categories without a colour (black) one from the palette, by contiguous index.
+        things = [c for c in cats if c.isthing]
+        stuff = [c for c in cats if not c.isthing]
+        colored: dict[int, Category] = {}
+        for group, isthing in ((things, True), (stuff, False)):
+            for k, c in enumerate(group):
+                color = c.color if c.color != (0, 0, 0) else _palette_color(k, isthing)
+                colored[c.id] = Category(c.id, c.name, c.isthing, color)
+        return cls(categories=tuple(colored[i] for i in ids), source=source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CategorySet:
+        """Read a JSON file: a COCO panoptic JSON (its ``categories``) or a bare list of categories."""
+        p = Path(path)
+        if not p.is_file():
+            raise PanopticFormatError(f"{p}: category file not found")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PanopticFormatError(f"{p}: not valid JSON ({exc})") from None
+        if isinstance(data, dict):
+            if "categories" not in data:
+                raise PanopticFormatError(f"{p}: no 'categories' list")
+            data = data["categories"]
+        return cls.from_json(data, str(p))
+
+    # -- derived tables ------------------------------------------------------------------------------
+
+    @cached_property
+    def things(self) -> tuple[Category, ...]:
+        """Thing categories in contiguous order (index = contiguous id)."""
+        return tuple(c for c in self.categories if c.isthing)
+
+    @cached_property
+    def stuff(self) -> tuple[Category, ...]:
+        """Stuff categories in contiguous order (index + 1 = contiguous id / stuff-head channel)."""
+        return tuple(c for c in self.categories if not c.isthing)
+
+    @cached_property
+    def num_things(self) -> int:
+        """T: thing classes (``THING.NUM_CLASSES``)."""
+        return len(self.things)
+
+    @cached_property
+    def num_stuff(self) -> int:
+        """S: stuff classes; the stuff head has S + 1 channels (``STUFF.NUM_CLASSES``)."""
+        return len(self.stuff)
+
+    @cached_property
+    def thing_dataset_id_to_contiguous_id(self) -> dict[int, int]:
+        return {c.id: k for k, c in enumerate(self.things)}
+
+    @cached_property
+    def stuff_dataset_id_to_contiguous_id(self) -> dict[int, int]:
+        return {c.id: k + 1 for k, c in enumerate(self.stuff)}
+
+    @cached_property
+    def by_id(self) -> dict[int, Category]:
+        return {c.id: c for c in self.categories}
+
+    @property
+    def is_coco(self) -> bool:
+        """Whether this is COCO's set (same ids and thing/stuff split; names and colours may differ)."""
+        return [(c.id, c.isthing) for c in self.categories] == [(c.id, c.isthing) for c in COCO_CATEGORIES]
+
+    def dataset_id(self, contiguous_id: int, isthing: bool) -> int:
+        """Dataset category id of a model segment (contiguous ``category_id`` + ``isthing``)."""
+        if isthing:
+            if 0 <= contiguous_id < self.num_things:
+                return self.things[contiguous_id].id
+            raise PanopticFormatError(
+                f"thing category_id {contiguous_id} is outside 0..{self.num_things - 1} ({self.source})"
+            )
+        if 1 <= contiguous_id <= self.num_stuff:
+            return self.stuff[contiguous_id - 1].id
+        raise PanopticFormatError(
+            f"stuff category_id {contiguous_id} is outside 1..{self.num_stuff} ({self.source})"
+        )
+
+    def contiguous(self, dataset_id: int) -> tuple[int, bool]:
+        """(contiguous id, isthing) of a dataset category id."""
+        cat = self.by_id.get(dataset_id)
+        if cat is None:
+            raise PanopticFormatError(f"unknown category id {dataset_id} ({self.source})")
+        if cat.isthing:
+            return self.thing_dataset_id_to_contiguous_id[dataset_id], True
+        return self.stuff_dataset_id_to_contiguous_id[dataset_id], False
+
+    def category(self, contiguous_id: int, isthing: bool) -> Category:
+        """The category of a model segment."""
+        return self.by_id[self.dataset_id(contiguous_id, isthing)]
+
+    def check_head_sizes(self, thing_classes: int, stuff_classes: int, config: str = "config") -> None:
+        """One-line error when the config's head sizes disagree with this set (T things, S + 1 stuff)."""
+        if thing_classes == self.num_things and stuff_classes == self.num_stuff + 1:
+            return
+        raise PanopticFormatError(
+            f"{config}: MODEL.POSITION_HEAD.THING.NUM_CLASSES = {thing_classes} and "
+            f"STUFF.NUM_CLASSES = {stuff_classes} do not match the category set {self.source} "
+            f"({self.num_things} things, {self.num_stuff} stuff: expects {self.num_things} and "
+            f"{self.num_stuff + 1}, stuff channel 0 being the merged things class)"
+        )
+
+    def check_config(self, cfg: Mapping[str, Any], config: str = "config") -> None:
+        """:meth:`check_head_sizes` with the head sizes of a loaded model config (``cfg.MODEL...``)."""
+        head = cfg["MODEL"]["POSITION_HEAD"]
+        self.check_head_sizes(int(head["THING"]["NUM_CLASSES"]), int(head["STUFF"]["NUM_CLASSES"]), config)
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> CategorySet:
+        """From a decoded ``categories`` list (e.g. what :meth:`to_json` wrote)."""
+        from panoptic_deploy.panoptic_format import parse_categories
+
+        return cls.from_categories(parse_categories(data, source), source=source)
+
+    def to_json(self) -> list[dict[str, object]]:
+        """The COCO panoptic ``categories`` list."""
+        return [
+            {"id": c.id, "name": c.name, "isthing": int(c.isthing), "color": list(c.color)}
+            for c in self.categories
+        ]
+
+
+COCO = CategorySet(categories=COCO_CATEGORIES, source="coco")
+"""The default: COCO panoptic's 80 things + 53 stuff."""
+
+
+def load_category_set(spec: str | os.PathLike[str] | None) -> CategorySet:
+    """``None`` or ``"coco"`` -> :data:`COCO`; otherwise a JSON file (see :meth:`CategorySet.load`)."""
+    if spec is None or str(spec) == "coco":
+        return COCO
+    return CategorySet.load(spec)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from panoptic_deploy import __version__
 from panoptic_deploy.errors import PanopticDeployError
@@ -33,6 +34,19 @@ def _cmd_make_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_dataset(args: argparse.Namespace) -> int:
+    from panoptic_deploy.dataset import DEFAULT_SIZE, make_dataset, parse_size
+
+    size = parse_size(args.size) if args.size else DEFAULT_SIZE
+    summary = make_dataset(
+        args.seed, args.count, args.output, size, image_format=args.image_format, force=args.force
+    )
+    print(
+        f"wrote {summary.output}: {summary.images} scenes of {size[0]}x{size[1]}, {summary.segments} segments"
+    )
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from panoptic_deploy.predict import predict_files
 
@@ -44,6 +58,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         opts=args.opts,
         threads=args.threads,
         progress=not args.no_progress,
+        categories=args.categories,
+        coco_json=args.coco_json,
     )
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
@@ -106,15 +122,16 @@ def _cmd_simplify(args: argparse.Namespace) -> int:
     _check_output("--output", args.output, [args.input, args.config, *args.images])
     hw = onnx_input_hw(args.input)
     inputs = prepare_verify_inputs(args.config, args.images, hw, args.opts)
-    report = simplify_onnx(args.input, args.output, inputs, threads=args.threads)
+    report = simplify_onnx(args.input, args.output, inputs, simplifier=args.simplifier, threads=args.threads)
     print(report.summary())
     return 0
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
     from panoptic_deploy.bench import write_reference
+    from panoptic_deploy.categories import load_category_set
 
-    _check_output("--output", args.output, [args.config, args.weights, *args.images])
+    _check_output("--output", args.output, [args.config, args.weights, args.categories, *args.images])
     reference = write_reference(
         args.config,
         args.weights,
@@ -124,6 +141,7 @@ def _cmd_reference(args: argparse.Namespace) -> int:
         opts=args.opts,
         model_name=args.model,
         threads=args.threads,
+        categories=load_category_set(args.categories),
     )
     print(
         f"wrote {args.output}: torch FP32 reference of {reference.model} on {len(reference.images)} image(s)"
@@ -174,7 +192,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from panoptic_deploy.bench import BenchError
     from panoptic_deploy.outputs import output_folder, refuse_overwriting_inputs
@@ -214,6 +231,32 @@ def _cmd_trtexec(args: argparse.Namespace) -> int:
     check, _ = run_trtexec(args.engine, iterations=args.iterations, cuda_graph=args.cuda_graph)
     write_trtexec_check(check, args.output)
     print(f"{args.engine}: trtexec GPU compute median {check.gpu_compute_median_ms} ms -> {args.output}")
+    for warning in check.warnings:
+        print(f"{args.engine}: trtexec warned: {warning}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from panoptic_deploy.training.train import TrainOptions, train
+
+    work_dir = args.work_dir if args.work_dir is not None else f"{args.output}.work"
+    result = train(
+        args.config,
+        args.dataset,
+        args.output,
+        work_dir,
+        opts=args.opts,
+        options=TrainOptions(
+            device=args.device,
+            workers=args.workers,
+            max_minutes=args.max_minutes,
+            seed=args.seed,
+            half_output=args.half,
+            progress=not args.no_progress,
+        ),
+    )
+    state = "finished" if result.finished else "stopped (run the same command again to resume)"
+    print(f"iteration {result.iteration}: {state}; wrote {args.output}; work folder {work_dir}")
     return 0
 
 
@@ -230,6 +273,16 @@ def _add_opts(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_categories(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--categories",
+        default="coco",
+        metavar="coco|JSON",
+        help="the model's category set: coco (default) or a JSON file with a COCO panoptic 'categories' "
+        "list (e.g. a generated dataset's panoptic.json); the config's head sizes must fit it",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panoptic-deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -242,6 +295,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_opts(p)
     p.set_defaults(func=_cmd_make_weights)
 
+    p = sub.add_parser(
+        "make-dataset", help="generate a deterministic panoptic dataset (COCO panoptic layout)"
+    )
+    p.add_argument(
+        "--seed", type=int, required=True, help="dataset seed (scene i depends on seed and i only)"
+    )
+    p.add_argument("--count", type=int, required=True, help="number of scenes")
+    p.add_argument("--output", required=True, help="output folder (images/, panoptic/, panoptic.json)")
+    p.add_argument("--size", default=None, metavar="HxW", help="scene size (default 256x320)")
+    p.add_argument("--image-format", choices=["png", "jpg"], default="png",
+                   help="scene files: png (default; lossless) or jpg (quality 95, smaller)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace a dataset already in --output")
+    p.set_defaults(func=_cmd_make_dataset)
+
+    p = sub.add_parser("train", help="train PanopticFCN on a COCO-panoptic folder (resumable)")
+    p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
+    p.add_argument(
+        "--dataset", required=True, nargs="+", help="COCO panoptic folder (images/, panoptic/, panoptic.json)"
+    )
+    p.add_argument("--output", required=True, help="folded detectron2-format checkpoint written at the end")
+    p.add_argument(
+        "--work-dir", default=None, help="checkpoints + loss log; resumes from it (default OUTPUT.work)"
+    )
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, default=4, help="data-loader worker processes")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (checkpoint + output) after this")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, data order and augmentation seed")
+    p.add_argument("--half", action="store_true", help="store the output checkpoint as float16")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_opts(p)
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("predict", help="panoptic prediction to COCO panoptic PNG + JSON per image")
     p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
     p.add_argument("--weights", required=True, help="checkpoint: detectron2 .pth or model-zoo .pkl")
@@ -249,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_categories(p)
+    p.add_argument("--coco-json", default=None, metavar="FILE",
+                   help="also write one COCO panoptic predictions JSON for all images (dataset category ids; "
+                   "'pq --pred-json FILE --pred-dir OUTPUT' reads it)")  # fmt: skip
     p.add_argument("images", nargs="+", help="input images")
     p.set_defaults(func=_cmd_predict)
 
@@ -283,9 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for the check")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("simplify", help="simplify an exported ONNX model with onnxslim, checked numerically")
+    p = sub.add_parser(
+        "simplify", help="simplify an exported ONNX model with onnxsim or onnxslim, checked numerically"
+    )
     p.add_argument("--input", required=True, help="exported .onnx")
     p.add_argument("--output", required=True, help="simplified .onnx")
+    p.add_argument("--simplifier", choices=["onnxsim", "onnxslim"], default="onnxsim",
+                   help="the simplifier (default onnxsim); recorded in the model's metadata")  # fmt: skip
     p.add_argument("--config", required=True, help="config of the model (pre-processing of the check images)")
     _add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for the check")
@@ -302,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name to record (default: the output file stem)")
     _add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    _add_categories(p)
     p.add_argument("images", nargs="+", help="evaluation images (all must pad to the same size)")
     p.set_defaults(func=_cmd_reference)
 
@@ -346,14 +440,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("engine", help="TensorRT engine (plan) file")
     p.add_argument("--output", required=True, help="cross-check .json (for report --trtexec)")
     p.add_argument("--iterations", type=int, default=200, help="minimum timed inferences (default 200)")
-    p.add_argument("--cuda-graph", action="store_true", help="replay a CUDA graph (trtexec --useCudaGraph)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay a CUDA graph (trtexec 10.x: --useCudaGraph; 11.x: default)")  # fmt: skip
     p.set_defaults(func=_cmd_trtexec)
     return parser
+
+
+def _output_folders(args: argparse.Namespace) -> list[Path]:
+    """The folders a command writes into: ``--output``'s (predict: the folder itself), report's plot folder
+    and pq's ``--json``'s."""
+    folders: list[Path] = []
+    output = getattr(args, "output", None)
+    if output:
+        folders.append(Path(output) if args.command == "predict" else Path(output).parent)
+    if args.command == "report":
+        folders.append(Path(args.plots_dir) if args.plots_dir else Path(args.output).with_suffix(""))
+    if getattr(args, "json", None):
+        folders.append(Path(args.json).parent)
+    return folders
+
+
+def sweep_output_folders(args: argparse.Namespace) -> None:
+    """Remove what killed runs left in the command's output folders: the package's temporary files whose
+    writer no longer runs (:func:`panoptic_deploy.fileio.sweep_stale_temps`; a live writer's are kept)."""
+    from panoptic_deploy.fileio import sweep_stale_temps
+
+    for folder in dict.fromkeys(_output_folders(args)):
+        removed = sweep_stale_temps(folder, recursive=False)
+        if removed:
+            print(
+                f"note: removed {len(removed)} temporary file(s) left in {folder} by killed runs",
+                file=sys.stderr,
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        sweep_output_folders(args)
         return int(args.func(args))
     except PanopticDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)

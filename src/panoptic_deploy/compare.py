@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from panoptic_deploy.categories import COCO, CategorySet
 from panoptic_deploy.modeling import OUTPUT_NAMES
 from panoptic_deploy.panoptic_format import SegmentInfo, segments_from_model_output
 from panoptic_deploy.pq import IdMap, pq_between
@@ -290,10 +291,12 @@ def tolerance_failures(
 PanopticPair = tuple[IdMap, Sequence[SegmentInfo]]
 
 
-def panoptic_pair(panoptic_seg: IdMap, segments: Sequence[Mapping[str, Any]]) -> PanopticPair:
-    """(id map, COCO segments) for :func:`panoptic_format.pq_between` from a model result's
-    ``panoptic_seg`` and its ``segments_info`` dicts (contiguous category ids)."""
-    return panoptic_seg, segments_from_model_output(segments)
+def panoptic_pair(
+    panoptic_seg: IdMap, segments: Sequence[Mapping[str, Any]], categories: CategorySet | None = None
+) -> PanopticPair:
+    """(id map, segments with dataset ids of ``categories``, default COCO) for :func:`pq.pq_between` from
+    a model result's ``panoptic_seg`` and its ``segments_info`` dicts (contiguous category ids)."""
+    return panoptic_seg, segments_from_model_output(segments, categories)
 
 
 @dataclass(frozen=True)
@@ -320,7 +323,7 @@ class PanopticAgreement:
 
 
 def _category_map(pair: PanopticPair) -> NDArray[np.int64]:
-    """H×W COCO category id per pixel (0 = void)."""
+    """H×W dataset category id per pixel (0 = void)."""
     ids, segments = pair
     lookup = {s.id: s.category_id for s in segments}
     table_ids = np.asarray([0, *lookup], np.int64)
@@ -331,10 +334,15 @@ def _category_map(pair: PanopticPair) -> NDArray[np.int64]:
 
 
 def panoptic_agreement(
-    tests: Sequence[PanopticPair], refs: Sequence[PanopticPair], names: Sequence[str] | None = None
+    tests: Sequence[PanopticPair],
+    refs: Sequence[PanopticPair],
+    names: Sequence[str] | None = None,
+    categories: CategorySet | None = None,
 ) -> PanopticAgreement:
-    """PQ of ``tests`` against ``refs`` (pq.py's in-memory comparison) plus pixel agreement."""
-    result = pq_between(tests, refs, names=names)
+    """PQ of ``tests`` against ``refs`` (pq.py's in-memory comparison over ``categories``, default COCO)
+    plus pixel agreement."""
+    cats = COCO if categories is None else categories
+    result = pq_between(tests, refs, categories=cats.categories, names=names)
     same = 0
     total = 0
     for test, ref in zip(tests, refs, strict=True):

@@ -4,7 +4,9 @@
   ``torch.onnx.export(dynamo=True)``; the legacy TorchScript exporter is the fallback when the dynamo
   exporter raises (docs/pipeline.md records both on this model). The file is kept only if ONNX Runtime (CPU)
   reproduces PyTorch on a real image prepared at exactly that size (:mod:`panoptic_deploy.compare`).
-* :func:`simplify_onnx`: onnxslim, kept only if its outputs equal the export's on the given inputs.
+* :func:`simplify_onnx`: onnxsim (the default) or onnxslim, kept only if its outputs equal the export's on the
+  given inputs; the simplifier and its version are recorded in the model's metadata
+  (:data:`SIMPLIFIER_METADATA_KEY`).
 
 Every artefact is written through :func:`panoptic_deploy.fileio.atomic_path`: on any failure no file is left.
 """
@@ -12,6 +14,7 @@ Every artefact is written through :func:`panoptic_deploy.fileio.atomic_path`: on
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import os
@@ -54,13 +57,18 @@ _LOG = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 Exporter = Literal["auto", "dynamo", "legacy"]
+Simplifier = Literal["onnxsim", "onnxslim"]
+SIMPLIFIERS: tuple[Simplifier, ...] = ("onnxsim", "onnxslim")
+DEFAULT_SIMPLIFIER: Simplifier = "onnxsim"
+# metadata_props key of a simplified model: "<simplifier> <version>", e.g. "onnxsim 0.8.1".
+SIMPLIFIER_METADATA_KEY = "panoptic_deploy.simplifier"
 
 DEFAULT_OPSET = 18
 # FP32 ONNX Runtime vs FP32 PyTorch. Every float output is a probability or score in [0, 1]; measured
 # differences are below 1e-4 (docs/pipeline.md), so 1e-3 leaves a 10x margin while any real export bug
 # (a wrong op, a swapped axis) moves values by 1e-2 or more.
 DEFAULT_EXPORT_TOLERANCE = Tolerance(atol=1e-3, rtol=1e-3, max_flips=0)
-# Simplification must not change the numbers: onnxslim folds constants and fuses nothing numerically.
+# Simplification must not change the numbers: onnxsim and onnxslim fold constants, fuse nothing numerically.
 DEFAULT_SIMPLIFY_TOLERANCE = Tolerance(atol=1e-5, rtol=0.0, max_flips=0)
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
@@ -212,7 +220,8 @@ class SimplifyReport:
     file_bytes: int
     sha256: str
     seconds: float
-    onnxslim_version: str
+    simplifier: str  # "onnxsim" | "onnxslim"
+    simplifier_version: str
     inputs_checked: int
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     discrete_mismatches: int = 0
@@ -220,7 +229,7 @@ class SimplifyReport:
     def summary(self) -> str:
         worst = max(self.max_abs_diff.values(), default=0.0)
         return (
-            f"wrote {self.output}: onnxslim {self.onnxslim_version}, "
+            f"wrote {self.output}: {self.simplifier} {self.simplifier_version}, "
             f"{self.nodes_before} -> {self.nodes_after} "
             f"nodes in {self.seconds:.1f} s; on {self.inputs_checked} input(s) the largest float difference "
             f"is {worst:.3g}, bool/int mismatches {self.discrete_mismatches}"
@@ -237,7 +246,9 @@ def _quiet_export() -> Iterator[None]:
     ops not registered); errors still raise."""
     sink = io.StringIO()
     # onnxscript / onnx_ir log every optimisation pass at INFO (hundreds of lines per export).
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "onnxslim")]
+    loggers = [
+        logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "onnxslim", "onnxsim")
+    ]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
@@ -465,42 +476,84 @@ def _panoptic_check(
 # Simplify
 
 
+def _simplifier_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _run_simplifier(simplifier: str, model: Any, where: Path) -> Any:
+    """``model`` simplified by ``simplifier``; :class:`ExportError` (one line) if it is unknown or missing."""
+    if simplifier not in SIMPLIFIERS:
+        raise ExportError(f"{where}: unknown simplifier {simplifier!r}; use one of {', '.join(SIMPLIFIERS)}")
+    try:
+        module = importlib.import_module(simplifier)
+    except ImportError as exc:
+        other = next(s for s in SIMPLIFIERS if s != simplifier)
+        raise ExportError(
+            f"{where}: simplifier '{simplifier}' is not installed ({_first_line(exc)}); install it with "
+            f"'pip install {simplifier}' or choose '{other}' (config export.simplifier, CLI --simplifier)"
+        ) from None
+    with _quiet_export():
+        if simplifier == "onnxsim":
+            # check_n=0: onnxsim's own random-input check is replaced by the check on real inputs below.
+            simplified, _ = module.simplify(model, check_n=0)
+        else:
+            simplified = module.slim(model)
+    if simplified is None:
+        raise ExportError(f"{where}: {simplifier} returned no model")
+    return simplified
+
+
 def simplify_onnx(
     onnx_in: PathLike,
     onnx_out: PathLike,
     verify_inputs: Sequence[NDArray[np.float32]],
     *,
+    simplifier: Simplifier = DEFAULT_SIMPLIFIER,
     tolerance: Tolerance = DEFAULT_SIMPLIFY_TOLERANCE,
     threads: int | None = None,
 ) -> SimplifyReport:
-    """Simplify ``onnx_in`` with onnxslim into ``onnx_out``; kept only if, on every array of ``verify_inputs``
-    (1×3×H×W float32, e.g. from :func:`prepare_verify_inputs`), ONNX Runtime gives the same outputs for both
-    models within ``tolerance`` (default: 1e-5 absolute, no bool/int change), else :class:`ExportError`."""
+    """Simplify ``onnx_in`` with ``simplifier`` (onnxsim or onnxslim) into ``onnx_out``; kept only if, on
+    every array of ``verify_inputs`` (1×3×H×W float32, e.g. from :func:`prepare_verify_inputs`), ONNX Runtime
+    gives the same outputs for both models within ``tolerance`` (default: 1e-5 absolute, no bool/int change),
+    else :class:`ExportError`. The simplifier and its version are written into the model's ``metadata_props``
+    under :data:`SIMPLIFIER_METADATA_KEY`."""
     import onnx
-    import onnxslim
 
     from panoptic_deploy.precision import make_ort_session
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
     if not verify_inputs:
         raise ExportError(f"{onnx_out}: simplify needs at least one input to check the result on")
+    if simplifier not in SIMPLIFIERS:
+        known = ", ".join(SIMPLIFIERS)
+        raise ExportError(f"{onnx_out}: unknown simplifier {simplifier!r}; use one of {known}")
     try:
         original = onnx.load(str(onnx_in))
     except Exception as exc:  # onnx raises DecodeError/OSError/... for damaged or missing files
         raise ExportError(f"{onnx_in}: not a readable ONNX model ({_first_line(exc)})") from exc
     nodes_before = len(original.graph.node)
     start = time.perf_counter()
-    with _quiet_export():
-        slim = onnxslim.slim(original)
+    slim = _run_simplifier(simplifier, original, onnx_in)
     seconds = time.perf_counter() - start
-    if slim is None:
-        raise ExportError(f"{onnx_in}: onnxslim returned no model")
     original_io = [
         (v.name, v.type.SerializeToString()) for v in (*original.graph.input, *original.graph.output)
     ]
     slim_io = [(v.name, v.type.SerializeToString()) for v in (*slim.graph.input, *slim.graph.output)]
     if original_io != slim_io:
-        raise ExportError(f"{onnx_in}: onnxslim changed the model's inputs or outputs")
+        raise ExportError(f"{onnx_in}: {simplifier} changed the model's inputs or outputs")
+    version = _simplifier_version(simplifier)
+    onnx.helper.set_model_props(
+        slim,
+        {
+            **{p.key: p.value for p in slim.metadata_props if p.key != SIMPLIFIER_METADATA_KEY},
+            SIMPLIFIER_METADATA_KEY: f"{simplifier} {version}",
+        },
+    )
 
     with atomic_path(onnx_out) as tmp:
         onnx.save(slim, str(tmp))
@@ -517,7 +570,7 @@ def simplify_onnx(
             problems = tolerance_failures(errors, a, b, match, tolerance)
             if problems:
                 raise ExportError(
-                    f"{onnx_out}: simplified model differs from {onnx_in} on input #{k}: "
+                    f"{onnx_out}: simplified model ({simplifier}) differs from {onnx_in} on input #{k}: "
                     + "; ".join(problems)
                 )
             for name, err in errors.items():
@@ -533,8 +586,17 @@ def simplify_onnx(
         file_bytes=file_bytes,
         sha256=sha256,
         seconds=round(seconds, 2),
-        onnxslim_version=str(getattr(onnxslim, "__version__", "unknown")),
+        simplifier=simplifier,
+        simplifier_version=version,
         inputs_checked=len(verify_inputs),
         max_abs_diff=worst,
         discrete_mismatches=flips,
     )
+
+
+def read_simplifier(path: PathLike) -> str | None:
+    """The "<simplifier> <version>" recorded in a simplified model (None if it has none)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == SIMPLIFIER_METADATA_KEY), None)

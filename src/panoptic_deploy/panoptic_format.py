@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from panoptic_deploy.categories import CATEGORY_BY_ID, Category, coco_id_from_contiguous
+from panoptic_deploy.categories import CATEGORY_BY_ID, COCO, Category, CategorySet
 from panoptic_deploy.errors import PanopticFormatError
 from panoptic_deploy.fileio import atomic_path, write_text_atomic
 
@@ -121,13 +121,24 @@ def read_panoptic_png(path: str | os.PathLike[str]) -> NDArray[np.uint32]:
 
 def write_panoptic_png(path: str | os.PathLike[str], id_map: NDArray[np.integer[Any]]) -> None:
     """Write an (H, W) id map as an RGB panoptic PNG, atomically."""
+    with atomic_path(path) as tmp:
+        save_panoptic_png(tmp, id_map, name=path)
+
+
+def save_panoptic_png(
+    file: str | os.PathLike[str],
+    id_map: NDArray[np.integer[Any]],
+    name: str | os.PathLike[str] | None = None,
+) -> None:
+    """Write an (H, W) id map as an RGB panoptic PNG to exactly ``file`` (a temporary path of an atomic write;
+    :func:`write_panoptic_png` for a final path). ``name``: the path errors name (default ``file``)."""
+    where = file if name is None else name
     if id_map.ndim != 2:
-        raise PanopticFormatError(f"{path}: id map must be 2-D (H, W), got shape {id_map.shape}")
+        raise PanopticFormatError(f"{where}: id map must be 2-D (H, W), got shape {id_map.shape}")
     if id_map.size and (int(id_map.min()) < 0 or int(id_map.max()) > MAX_SEGMENT_ID):
         lo, hi = int(id_map.min()), int(id_map.max())
-        raise PanopticFormatError(f"{path}: segment ids must lie in 0..{MAX_SEGMENT_ID}, got {lo}..{hi}")
-    with atomic_path(path) as tmp:
-        Image.fromarray(id_to_rgb(id_map), mode="RGB").save(tmp, format="PNG")
+        raise PanopticFormatError(f"{where}: segment ids must lie in 0..{MAX_SEGMENT_ID}, got {lo}..{hi}")
+    Image.fromarray(id_to_rgb(id_map), mode="RGB").save(file, format="PNG")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -198,6 +209,19 @@ def _parse_category(obj: Any, where: str) -> Category:
     return Category(id=cat_id, name=str(name), isthing=bool(isthing), color=color)
 
 
+def parse_categories(data: Any, source: str) -> tuple[Category, ...]:
+    """Validate a decoded COCO panoptic ``categories`` list (``source`` names it in messages)."""
+    if not isinstance(data, list):
+        raise PanopticFormatError(f"{source}: 'categories' must be a list")
+    categories = tuple(_parse_category(c, f"{source}: categories[{i}]") for i, c in enumerate(data))
+    seen: set[int] = set()
+    for c in categories:
+        if c.id in seen:
+            raise PanopticFormatError(f"{source}: category id {c.id} listed twice")
+        seen.add(c.id)
+    return categories
+
+
 def _parse_image(obj: Any, where: str) -> ImageInfo:
     if not isinstance(obj, dict):
         raise PanopticFormatError(f"{where}: must be an object, got {type(obj).__name__}")
@@ -243,15 +267,7 @@ def parse_panoptic_json(data: Any, source: str, *, require_categories: bool) -> 
 
     categories: tuple[Category, ...] | None = None
     if "categories" in data:
-        if not isinstance(data["categories"], list):
-            raise PanopticFormatError(f"{source}: 'categories' must be a list")
-        categories = tuple(
-            _parse_category(c, f"{source}: categories[{i}]") for i, c in enumerate(data["categories"])
-        )
-        ids = [c.id for c in categories]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            raise PanopticFormatError(f"{source}: category id {dup[0]} listed twice")
+        categories = parse_categories(data["categories"], source)
     elif require_categories:
         raise PanopticFormatError(f"{source}: missing list 'categories'")
 
@@ -313,11 +329,15 @@ def write_panoptic_json(
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
-def segments_from_model_output(segments: Sequence[Mapping[str, Any]]) -> tuple[SegmentInfo, ...]:
-    """The model's ``panoptic_seg`` segment dicts (contiguous ``category_id`` + ``isthing``) -> COCO ids.
+def segments_from_model_output(
+    segments: Sequence[Mapping[str, Any]], categories: CategorySet | None = None
+) -> tuple[SegmentInfo, ...]:
+    """The model's ``panoptic_seg`` segment dicts (contiguous ``category_id`` + ``isthing``) -> dataset ids
+    of ``categories`` (default COCO).
 
     Areas are dropped: for predictions the evaluation always counts pixels in the id map.
     """
+    cats = COCO if categories is None else categories
     out = []
     for j, seg in enumerate(segments):
         try:
@@ -325,8 +345,8 @@ def segments_from_model_output(segments: Sequence[Mapping[str, Any]]) -> tuple[S
         except KeyError as exc:
             raise PanopticFormatError(f"segments[{j}]: missing key {exc}") from None
         try:
-            coco_id = coco_id_from_contiguous(cat, isthing)
+            dataset_id = cats.dataset_id(cat, isthing)
         except PanopticFormatError as exc:
             raise PanopticFormatError(f"segments[{j}] (id {seg_id}): {exc}") from None
-        out.append(SegmentInfo(id=seg_id, category_id=coco_id))
+        out.append(SegmentInfo(id=seg_id, category_id=dataset_id))
     return tuple(out)

@@ -422,8 +422,10 @@ def compute_pq(
 ) -> PQResult:
     """PQ of COCO panoptic predictions against ground truth, like the COCO panoptic API's ``pq_compute``.
 
-    Every ground-truth annotation needs a prediction with the same ``image_id`` (in any order); PNGs are
-    found through each annotation's ``file_name``. Categories (and ``isthing``) come from the ground truth.
+    Every ground-truth annotation needs a prediction with the same ``image_id`` (in any order) or, failing
+    that, a prediction whose ``image_id`` is no ground-truth id and whose PNG ``file_name`` has the same
+    stem (what ``predict --coco-json`` writes: the image name as ``image_id``); PNGs are found through each
+    annotation's ``file_name``. Categories (and ``isthing``) come from the ground truth.
     ``workers``: processes (None = available CPUs). Per-image sums are added in ground-truth order, so the
     result does not depend on ``workers``.
     """
@@ -435,19 +437,26 @@ def compute_pq(
             raise PanopticFormatError(f"{folder}: {what} PNG folder not found")
 
     pred_by_image: dict[ImageId, PanopticAnnotation] = {a.image_id: a for a in pred.annotations}
+    gt_images = {a.image_id for a in gt.annotations}
+    pred_by_stem: dict[str, PanopticAnnotation] = {
+        Path(a.file_name).stem: a for a in pred.annotations if a.image_id not in gt_images
+    }
     category_ids = tuple(c.id for c in gt.categories)
     tasks = []
+    used: set[ImageId] = set()
     for ann in gt.annotations:
-        if ann.image_id not in pred_by_image:
+        pred_ann = pred_by_image.get(ann.image_id) or pred_by_stem.get(Path(ann.file_name).stem)
+        if pred_ann is None:
             raise PanopticFormatError(f"{pred_json}: no prediction for {ann.describe()}")
-        pred_ann = pred_by_image[ann.image_id]
+        if pred_ann.image_id in used:
+            raise PanopticFormatError(f"{pred_json}: prediction {pred_ann.describe()} matches two images")
+        used.add(pred_ann.image_id)
         tasks.append(
             _ImageTask(
                 Path(gt_dir) / ann.file_name, Path(pred_dir) / pred_ann.file_name, ann, pred_ann, category_ids
             )
         )
-    gt_images = {a.image_id for a in gt.annotations}
-    ignored = sum(1 for a in pred.annotations if a.image_id not in gt_images)
+    ignored = sum(1 for a in pred.annotations if a.image_id not in used)
 
     stat = PQStat.zeros(category_ids)
     for image_stat in _map_tasks(tasks, _default_workers() if workers is None else workers):

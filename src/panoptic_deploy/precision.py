@@ -42,10 +42,10 @@ import io
 import logging
 import math
 import os
+import re
 import resource
 import shutil
 import struct
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,7 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 from panoptic_deploy.errors import PanopticDeployError
-from panoptic_deploy.fileio import atomic_path, file_sha256, write_text_atomic
+from panoptic_deploy.fileio import atomic_path, file_sha256, temp_dir_near, write_text_atomic
 
 if TYPE_CHECKING:
     import onnx
@@ -75,6 +75,8 @@ _ENTROPY_QUANTIZED_BINS = 128
 _ENTROPY_START_BIN = 128
 # AutoCast keeps a node in FP32 when a value it reads or writes exceeds this magnitude (its CLI default).
 DEFAULT_FP16_DATA_MAX = 512.0
+# Normalisations ``convert_fp16(normalization_fp32=True)`` keeps in FP32.
+NORMALIZATION_OP_TYPES = ("InstanceNormalization", "GroupNormalization", "LayerNormalization")
 
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _ONNX_FLOAT = 1
@@ -101,6 +103,10 @@ class ConversionReport:
     opset_out: int
     seconds: float
     peak_rss_mb: float  # high-water mark of this process so far (ru_maxrss), not of this step alone
+    # INT8 only: nodes left unquantized because they only rank or select (``selection_only_nodes``), and
+    # the selection-op inputs rewired around a Q/DQ shared with a quantized reader.
+    selection_nodes: tuple[str, ...] = ()
+    selection_inputs_rewired: int = 0
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,36 @@ def _quiet_modelopt() -> Iterator[None]:
             logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _ort_quantization_restored() -> Iterator[None]:
+    """Undo, on exit, ModelOpt's process-wide patches of ONNX Runtime's calibrator classes.
+
+    ModelOpt's ``quantize`` replaces methods of ORT's calibrators and quantizers for the whole process
+    (``modelopt.onnx.quantization.ort_patching.patch_ort_modules``); a later ``calibrate`` in the same
+    process then collects nothing ("calibration cache lists no tensors"). Measured: test_precision.py's
+    calibration tests failed when run after any ``quantize_int8`` in one pytest process.
+    """
+    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer
+
+    owners: list[Any] = [
+        calibrate,
+        calibrate.CalibraterBase,
+        calibrate.MinMaxCalibrater,
+        calibrate.HistogramCalibrater,
+        calibrate.HistogramCollector,
+        qdq_quantizer.QDQQuantizer,
+        base_quantizer.BaseQuantizer,
+    ]
+    saved = [(owner, dict(vars(owner))) for owner in owners]
+    try:
+        yield
+    finally:
+        for owner, attributes in saved:
+            for name, value in attributes.items():
+                if vars(owner).get(name) is not value:
+                    setattr(owner, name, value)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # ORT sessions for evaluation
 
@@ -270,6 +306,7 @@ def convert_fp16(
     data_max: float = DEFAULT_FP16_DATA_MAX,
     keep_fp32_op_types: Sequence[str] = (),
     keep_fp32_nodes: Sequence[str] = (),
+    normalization_fp32: bool = True,
 ) -> ConversionReport:
     """Mixed FP16 model with the original I/O dtypes, by ModelOpt AutoCast.
 
@@ -278,6 +315,11 @@ def convert_fp16(
     accumulations). Without it AutoCast uses random inputs, which miss image-scale ranges: pass a real image.
     ``keep_fp32_op_types`` / ``keep_fp32_nodes`` (regular expressions, full match on node names) force more
     nodes to stay FP32; each must match a node of ``onnx_in``.
+
+    ``normalization_fp32`` keeps the normalisation ops (``NORMALIZATION_OP_TYPES``: the decomposed GroupNorms
+    are InstanceNormalization over up to 126,464 values per group) in FP32 with explicit Casts, so that a
+    strongly typed TensorRT engine computes them in FP32 whatever its kernels do with FP16 statistics
+    (docs/precision.md, "GroupNorm in the FP16 model").
     """
     import onnx
     from modelopt.onnx.autocast import convert_to_mixed_precision
@@ -285,7 +327,13 @@ def convert_fp16(
     started = time.perf_counter()
     src = _load_model(onnx_in)
     keep_patterns = _check_exclusions(src, keep_fp32_op_types, keep_fp32_nodes, f"{onnx_in}: keep FP32")
-    with tempfile.TemporaryDirectory(prefix="panoptic-fp16.") as tmp:
+    present = {node.op_type for node in src.graph.node}
+    normalization = [
+        op
+        for op in NORMALIZATION_OP_TYPES
+        if normalization_fp32 and op in present and op not in keep_fp32_op_types
+    ]
+    with temp_dir_near(onnx_out) as tmp:
         calib_path = None
         if calibration_inputs is not None:
             _check_batch(src, calibration_inputs, Path(onnx_in), 0)
@@ -299,7 +347,7 @@ def convert_fp16(
                 keep_io_types=True,
                 calibration_data=calib_path,
                 data_max=data_max,
-                op_types_to_exclude=list(keep_fp32_op_types) or None,
+                op_types_to_exclude=list(keep_fp32_op_types) + normalization or None,
                 nodes_to_exclude=keep_patterns or None,
                 providers=["cpu"],
             )
@@ -439,7 +487,7 @@ def calibrate(
     model = _load_model(model_path)
     digest = hashlib.sha256()
     count = 0
-    with tempfile.TemporaryDirectory(prefix="panoptic-calib.") as tmp, _quiet_modelopt():
+    with temp_dir_near(cache_out) as tmp, _quiet_modelopt():
         if method == "minmax":
             calibrator = create_calibrator(
                 model_path,
@@ -610,6 +658,7 @@ def quantize_int8(
     *,
     exclude_op_types: Sequence[str] = (),
     exclude_nodes: Sequence[str] = (),
+    normalization_fp32: bool = True,
 ) -> ConversionReport:
     """Explicit Q/DQ INT8 model from ``onnx_in`` (FP32) and the calibration ``cache``, by ModelOpt PTQ.
 
@@ -622,6 +671,14 @@ def quantize_int8(
     ``exclude_op_types`` (e.g. ``["Resize"]``) and ``exclude_nodes`` (regular expressions, full match on node
     names) stay in ``high_precision``: the layers trained weights show to be INT8-sensitive. Each must match
     a node of ``onnx_in`` (a typo would silently quantize everything).
+
+    Ranking and selection always stay in ``high_precision`` (a rule, not an option): the nodes that only
+    feed TopK, ArgMax, Gather indices, comparisons or Where conditions (``selection_only_nodes``) are
+    excluded, and afterwards neither they nor any ``SELECTION_OP_TYPES`` node read a DequantizeLinear (an
+    input shared with a quantized reader is rewired to the unquantized tensor).
+
+    ``normalization_fp32`` keeps the normalisations FP32 in an FP16/BF16 high-precision graph, as
+    ``convert_fp16`` does.
 
     ModelOpt still runs the model once on random data internally (its calibrator always runs); every
     activation scale is then replaced from the cache, which this function verifies on the output.
@@ -637,7 +694,11 @@ def quantize_int8(
     amax = read_calibration_cache(cache)
     src = _load_model(onnx_in)
     node_patterns = _check_exclusions(src, exclude_op_types, exclude_nodes, f"{onnx_in}: INT8 exclusion")
-    with tempfile.TemporaryDirectory(prefix="panoptic-int8.") as tmp:
+    selection = selection_only_nodes(src)
+    node_patterns += [f"{re.escape(name)}$" for name in selection if name]
+    present = {node.op_type for node in src.graph.node}
+    normalization = [op for op in NORMALIZATION_OP_TYPES if normalization_fp32 and op in present]
+    with temp_dir_near(onnx_out) as tmp:
         # A private copy: ModelOpt writes '<name>_opset19.onnx' next to its input, which would collide
         # between two quantize runs on the same model (TensorRT artefact and CPU twin).
         model_copy = Path(tmp) / "model.onnx"
@@ -645,7 +706,7 @@ def quantize_int8(
         trt_cache = Path(tmp) / "calibration.trt.cache"
         trt_cache.write_text(format_tensorrt_cache(amax), encoding="utf-8")
         quantized = Path(tmp) / "model.int8.onnx"
-        with _quiet_modelopt():
+        with _quiet_modelopt(), _ort_quantization_restored():
             quantize(
                 str(model_copy),
                 quantize_mode="int8",
@@ -655,6 +716,7 @@ def quantize_int8(
                 high_precision_dtype=high_precision,
                 op_types_to_exclude=list(exclude_op_types) or None,
                 nodes_to_exclude=node_patterns or None,
+                op_types_to_exclude_fp16=normalization or None,
                 output_path=str(quantized),
                 log_level="WARNING",
             )
@@ -662,6 +724,7 @@ def quantize_int8(
             raise PrecisionError(f"{onnx_out}: ModelOpt wrote no quantized model for {onnx_in}")
         model = onnx.load(str(quantized))
     _check_io_types(src, model, str(onnx_out))
+    rewired = _bypass_selection_qdq(model, selection)
     qdq_pairs = _count(model, "QuantizeLinear")
     if qdq_pairs == 0:
         excluded = " outside the exclusions" if exclude_op_types or exclude_nodes else ""
@@ -683,7 +746,139 @@ def quantize_int8(
         opset_out=_opset(model),
         seconds=time.perf_counter() - started,
         peak_rss_mb=_peak_rss_mb(),
+        selection_nodes=selection,
+        selection_inputs_rewired=rewired,
     )
+
+
+# Ranking and selection: the inputs that decide which candidate is picked or which flag is set. INT8 there
+# cuts continuous scores to 256 levels (mass ties before TopK, flipped threshold decisions), and a Q/DQ pair
+# in front of such an op cannot fuse in TensorRT (a standalone kernel). Op type -> the input slots that
+# select (None: every input). Gather* data inputs only move values and are not selection slots.
+_SELECTION_SLOTS: dict[str, tuple[int, ...] | None] = {
+    "TopK": (0,),
+    "ArgMax": (0,),
+    "ArgMin": (0,),
+    "Gather": (1,),
+    "GatherElements": (1,),
+    "GatherND": (1,),
+    "Where": (0,),
+    "Equal": None,
+    "Greater": None,
+    "GreaterOrEqual": None,
+    "Less": None,
+    "LessOrEqual": None,
+}
+# Ops that read no DequantizeLinear output after quantization, on any input: the selection ops, and the
+# gathers (their data input too: a Q/DQ there is a standalone kernel in TensorRT, and the values they move
+# are scores, kernels and masks).
+SELECTION_OP_TYPES = ("TopK", "ArgMax", "ArgMin", "Gather", "GatherElements", "GatherND", "Equal", "Greater",
+                      "GreaterOrEqual", "Less", "LessOrEqual")  # fmt: skip
+
+
+def _is_selection_slot(node: onnx.NodeProto, slot: int) -> bool:
+    if node.op_type not in _SELECTION_SLOTS:
+        return False
+    slots = _SELECTION_SLOTS[node.op_type]
+    return slots is None or slot in slots
+
+
+def selection_only_nodes(model: onnx.ModelProto) -> tuple[str, ...]:
+    """Names of the nodes whose outputs are used only to rank or select (TopK, ArgMax, Gather indices,
+    comparisons, Where conditions), directly or through other such nodes; graph outputs never are.
+
+    These are the nodes INT8 leaves in high precision: e.g. the centre-score path (centre Conv, Sigmoid,
+    pooling) into TopK, or the kernel fusion's cosine-similarity MatMul that only feeds a comparison. A
+    node whose output is also used as a value (the stuff probabilities feed ArgMax and the score sums) is
+    not in the set; ``quantize_int8`` rewires the selection readers of such a tensor around its Q/DQ.
+    """
+    graph_outputs = {o.name for o in model.graph.output}
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for slot, name in enumerate(node.input):
+            if name:
+                consumers.setdefault(name, []).append((node, slot))
+    selected: set[int] = set()  # id() of selection-only nodes
+    # ONNX graphs are topologically sorted: visit readers before producers.
+    for node in reversed(model.graph.node):
+        outputs = [o for o in node.output if o]
+        if not outputs or node.op_type in _QDQ_OPS:
+            continue
+        if all(
+            name not in graph_outputs
+            and all(
+                id(user) in selected or _is_selection_slot(user, slot)
+                for user, slot in consumers.get(name, [])
+            )
+            for name in outputs
+        ):
+            selected.add(id(node))
+    return tuple(node.name for node in model.graph.node if id(node) in selected)
+
+
+def _bypass_selection_qdq(model: onnx.ModelProto, selection_nodes: Iterable[str] = ()) -> int:
+    """Rewire every input of a ``SELECTION_OP_TYPES`` node, or of a node named in ``selection_nodes``, that
+    reads the DequantizeLinear of an activation to the high-precision tensor its QuantizeLinear quantized,
+    and drop Q/DQ pairs left without readers. Returns the number of rewired inputs.
+
+    ModelOpt quantizes a tensor once for all its readers, so a node that shares its input with a quantized
+    Conv or MatMul reads the INT8-rounded copy even when it is excluded itself: e.g. the kernel fusion's
+    norms read the generated kernels that the fusion MatMul quantizes, and ArgMax the stuff probabilities.
+    """
+    import onnx
+
+    inits = {i.name for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    types = _tensor_float_types(model)
+    casts: dict[tuple[str, int], str] = {}
+    rewired = 0
+    selection = set(selection_nodes)
+    for node in list(model.graph.node):
+        if node.op_type not in SELECTION_OP_TYPES and node.name not in selection:
+            continue
+        for slot, name in enumerate(node.input):
+            dq = producers.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producers.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+                continue
+            source = str(q.input[0])
+            want, have = types.get(name), types.get(source)
+            if want is not None and have is not None and want != have:
+                if (source, want) not in casts:
+                    cast_out = f"{source}_selection_cast{want}"
+                    casts[source, want] = cast_out
+                    cast = onnx.helper.make_node(
+                        "Cast", [source], [cast_out], name=f"{cast_out}_node", to=want
+                    )
+                    # Right after the source's producer (first for a graph input): the graph stays sorted.
+                    nodes = list(model.graph.node)
+                    producer = producers.get(source)
+                    model.graph.node.insert(0 if producer is None else nodes.index(producer) + 1, cast)
+                source = casts[source, want]
+            node.input[slot] = source
+            rewired += 1
+    _drop_unread_qdq(model)
+    return rewired
+
+
+def _drop_unread_qdq(model: onnx.ModelProto) -> None:
+    """Remove Q/DQ nodes whose outputs nobody reads (repeatedly), and the scale/zero-point initializers
+    that only they used."""
+    graph_outputs = {o.name for o in model.graph.output}
+    removed_inputs: set[str] = set()
+    while True:
+        read = {name for n in model.graph.node for name in n.input} | graph_outputs
+        dead = [n for n in model.graph.node if n.op_type in _QDQ_OPS and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            removed_inputs.update(n.input)
+            model.graph.node.remove(n)
+    used = {name for n in model.graph.node for name in n.input}
+    for init in [i for i in model.graph.initializer if i.name in removed_inputs and i.name not in used]:
+        model.graph.initializer.remove(init)
 
 
 def _check_exclusions(
@@ -692,8 +887,6 @@ def _check_exclusions(
     """PrecisionError (prefixed ``what``) unless every op type and node-name pattern matches a node of
     ``model``: a typo would otherwise change nothing, silently. Returns the patterns anchored at the end, so
     that ModelOpt's ``re.match`` (anchored at the start only) matches whole names, as checked here."""
-    import re
-
     present_types = {node.op_type for node in model.graph.node}
     for op_type in op_types:
         if op_type not in present_types:

@@ -12,22 +12,33 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from panoptic_deploy.categories import coco_id_from_contiguous
-from panoptic_deploy.errors import ImageError, PanopticDeployError
-from panoptic_deploy.fileio import write_text_atomic
+from panoptic_deploy.categories import COCO, CategorySet, load_category_set
+from panoptic_deploy.errors import ImageError, OutputError, PanopticDeployError
+from panoptic_deploy.fileio import atomic_files
 from panoptic_deploy.modeling import PanopticFCN, build_model
-from panoptic_deploy.outputs import output_folder, refuse_overwriting_inputs
-from panoptic_deploy.panoptic_format import write_panoptic_png
+from panoptic_deploy.outputs import output_file, output_folder, refuse_overwriting_inputs
+from panoptic_deploy.panoptic_format import (
+    ImageInfo,
+    PanopticAnnotation,
+    SegmentInfo,
+    save_panoptic_png,
+    write_panoptic_json,
+)
 from panoptic_deploy.postprocess import PanopticResult, postprocess
 from panoptic_deploy.preprocess import prepare_image, read_image
 
 
 class Predictor:
-    """Pre-processing + network + host post-processing for one image at a time (batch 1, as official)."""
+    """Pre-processing + network + host post-processing for one image at a time (batch 1, as official).
 
-    def __init__(self, model: PanopticFCN, device: str | torch.device = "cpu") -> None:
+    ``categories``: the model's category set (default COCO), for dataset ids in the outputs."""
+
+    def __init__(
+        self, model: PanopticFCN, device: str | torch.device = "cpu", categories: CategorySet = COCO
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.categories = categories
 
     @classmethod
     def from_files(
@@ -36,9 +47,11 @@ class Predictor:
         weights: str | os.PathLike[str],
         opts: Sequence[str] = (),
         device: str | torch.device = "cpu",
+        categories: CategorySet = COCO,
     ) -> Predictor:
-        """Build the model of ``config`` and load ``weights`` strictly (:mod:`panoptic_deploy.checkpoint`)."""
-        return cls(load_model(config, weights, opts, device), device)
+        """Build the model of ``config`` and load ``weights`` strictly (:mod:`panoptic_deploy.checkpoint`);
+        the config's head sizes must fit ``categories``."""
+        return cls(load_model(config, weights, opts, device, categories), device, categories)
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> PanopticResult:
@@ -56,44 +69,59 @@ def load_model(
     weights: str | os.PathLike[str],
     opts: Sequence[str] = (),
     device: str | torch.device = "cpu",
+    categories: CategorySet | None = None,
 ) -> PanopticFCN:
-    """Eval-mode model of ``config`` with ``weights`` loaded strictly, on ``device``."""
+    """Eval-mode model of ``config`` with ``weights`` loaded strictly, on ``device``. With ``categories``,
+    the config's head sizes must fit them (one-line error otherwise)."""
     from panoptic_deploy.checkpoint import load_weights
     from panoptic_deploy.config import load_config
 
-    model = build_model(load_config(Path(config), opts))
+    cfg = load_config(Path(config), opts)
+    if categories is not None:
+        categories.check_config(cfg, str(config))
+    model = build_model(cfg)
     load_weights(model, weights)
     return model.to(device).eval()
 
 
-def segments_info(result: PanopticResult) -> list[dict[str, Any]]:
-    """``segments_info`` entries: id, category_id (as the network predicts it), coco_category_id, isthing,
-    score (things; None for stuff), area, instance_id (things)."""
-    return [
-        {
+def segments_info(result: PanopticResult, categories: CategorySet = COCO) -> list[dict[str, Any]]:
+    """``segments_info`` entries: id, category_id (contiguous, as the network predicts it),
+    dataset_category_id (the id in ``categories``), isthing, score (things; None for stuff), area,
+    instance_id (things). With COCO's set, ``coco_category_id`` (the same id) is kept for older readers."""
+    out = []
+    for seg in result.segments:
+        dataset_id = categories.dataset_id(seg.category_id, seg.isthing)
+        entry: dict[str, Any] = {
             "id": seg.id,
             "category_id": seg.category_id,
-            "coco_category_id": coco_id_from_contiguous(seg.category_id, seg.isthing),
-            "isthing": seg.isthing,
-            "score": seg.score,
-            "area": seg.area,
-            "instance_id": seg.instance_id,
+            "dataset_category_id": dataset_id,
         }
-        for seg in result.segments
-    ]
+        if categories.is_coco:
+            entry["coco_category_id"] = dataset_id
+        entry.update(isthing=seg.isthing, score=seg.score, area=seg.area, instance_id=seg.instance_id)
+        out.append(entry)
+    return out
 
 
-def write_prediction(result: PanopticResult, output_dir: str | os.PathLike[str], name: str) -> None:
-    """Write ``NAME.png`` (segment id = R + 256 G + 65536 B) and ``NAME.json`` into ``output_dir``."""
+def write_prediction(
+    result: PanopticResult, output_dir: str | os.PathLike[str], name: str, categories: CategorySet = COCO
+) -> None:
+    """Write ``NAME.png`` (segment id = R + 256 G + 65536 B) and ``NAME.json`` into ``output_dir``.
+
+    The two are one atomic set (:func:`panoptic_deploy.fileio.atomic_files`) whose completion marker is the
+    JSON: it is renamed into place last, so a ``NAME.json`` always describes the ``NAME.png`` beside it, and a
+    PNG without its JSON is an incomplete prediction.
+    """
     png, json_path = prediction_paths(output_dir, name)
-    write_panoptic_png(png, result.panoptic_seg)
     document = {
         "file_name": f"{name}.png",
         "height": int(result.panoptic_seg.shape[0]),
         "width": int(result.panoptic_seg.shape[1]),
-        "segments_info": segments_info(result),
+        "segments_info": segments_info(result, categories),
     }
-    write_text_atomic(json_path, json.dumps(document, indent=1) + "\n")
+    with atomic_files() as files:
+        save_panoptic_png(files.path(png), result.panoptic_seg, name=png)
+        files.path(json_path).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
 
 
 def prediction_paths(output_dir: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
@@ -119,26 +147,47 @@ def predict_files(
     opts: Sequence[str] = (),
     threads: int | None = None,
     progress: bool = True,
+    categories: CategorySet | str | os.PathLike[str] | None = None,
+    coco_json: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """Predict every image; returns one line per image that failed, naming it (the others are still written).
 
-    Before anything is read or written: :class:`OutputError` if ``output_dir`` is not a folder or an output
-    would overwrite an input (an image, the config or the weights); :class:`ImageError` if two images share
-    a name. Whatever one image raises (an undecodable or oversized file, an impossible aspect ratio, a bug)
-    is caught, reported and the batch goes on; only an interrupt stops it.
+    ``categories``: the model's category set (a :class:`CategorySet`, ``"coco"``/None or a JSON file, see
+    :func:`categories.load_category_set`). ``coco_json``: also write one COCO panoptic predictions file
+    for all written images (``image_id`` and PNG ``file_name`` from the image's name, dataset category ids)
+    that ``panoptic-deploy pq --pred-json FILE --pred-dir OUTPUT_DIR`` reads.
+
+    Before anything is read or written: :class:`OutputError` if ``output_dir`` is not a folder, ``coco_json``
+    is a folder, or an output would overwrite an input (an image, the config, the weights, the category file)
+    or another output; :class:`ImageError` if two images share a name. Whatever one image raises (an
+    undecodable or oversized file, an impossible aspect ratio, a bug) is caught, reported and the batch goes
+    on; only an interrupt stops it.
     """
+    cats = categories if isinstance(categories, CategorySet) else load_category_set(categories)
     names = [Path(p).stem for p in images]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ImageError(f"several input images share the name {duplicates[0]!r}; outputs would collide")
+    outputs = [path for name in names for path in prediction_paths(output_dir, name)]
     output_folder(output_dir, "--output")
-    refuse_overwriting_inputs(
-        [path for name in names for path in prediction_paths(output_dir, name)], [*images, config, weights]
+    category_file = (
+        None if isinstance(categories, CategorySet) or categories in (None, "coco") else categories
     )
+    inputs = [*images, config, weights, category_file]
+    if coco_json is not None:
+        output_file(coco_json, "--coco-json")
+        if Path(coco_json).resolve() in {p.resolve() for p in outputs}:
+            raise OutputError(
+                f"--coco-json {coco_json}: is also the prediction JSON of an image; choose another"
+            )
+        outputs.append(Path(coco_json))
+    refuse_overwriting_inputs(outputs, inputs)
     if threads is not None:
         torch.set_num_threads(threads)
-    predictor = Predictor.from_files(config, weights, opts)
+    predictor = Predictor.from_files(config, weights, opts, categories=cats)
     failures: list[str] = []
+    annotations: list[PanopticAnnotation] = []
+    image_infos: list[ImageInfo] = []
     for path, name in tqdm(
         list(zip(images, names, strict=True)),
         desc="predict",
@@ -147,7 +196,18 @@ def predict_files(
     ):
         try:
             result = predictor.predict_file(path)
-            write_prediction(result, output_dir, name)
+            write_prediction(result, output_dir, name, cats)
         except Exception as exc:  # one bad image never stops the batch
             failures.append(_failure(path, exc))
+            continue
+        if coco_json is not None:
+            segments = tuple(
+                SegmentInfo(s["id"], s["dataset_category_id"], area=s["area"])
+                for s in segments_info(result, cats)
+            )
+            annotations.append(PanopticAnnotation(name, f"{name}.png", segments))
+            height, width = (int(v) for v in result.panoptic_seg.shape)
+            image_infos.append(ImageInfo(name, Path(path).name, width, height))
+    if coco_json is not None:
+        write_panoptic_json(coco_json, annotations, cats.categories, image_infos)
     return failures

@@ -30,8 +30,9 @@ from panoptic_deploy.bench import (
     ImagePanoptic,
     read_bench,
 )
+from panoptic_deploy.categories import CategorySet
 from panoptic_deploy.engines.trtexec import TrtexecCheck, read_trtexec_check
-from panoptic_deploy.fileio import atomic_path, write_text_atomic
+from panoptic_deploy.fileio import atomic_files
 
 PathLike = str | os.PathLike[str]
 
@@ -225,6 +226,8 @@ def _unique_environments(rows: Sequence[BenchResult]) -> list[Environment]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Plots (matplotlib's object API with the Agg canvas: no global pyplot state, no display needed)
+# Each plot_* function writes exactly the path it is given; write_report gives the temporary paths of one
+# atomic set.
 
 
 def _new_figure(width: float, height: float) -> Any:
@@ -237,8 +240,8 @@ def _new_figure(width: float, height: float) -> Any:
 
 
 def _save(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    # ``path`` is a temporary path of write_report's atomic set (or the caller's own final path).
+    fig.savefig(path, format="png")
 
 
 # Rows on a GPU and on CPU cores differ by 10-100x; on a linear axis the GPU rows would be invisible slivers.
@@ -310,14 +313,16 @@ def plot_accuracy_speed(rows: Sequence[BenchResult], path: Path, with_model: boo
     _save(fig, path)
 
 
-def colorize_panoptic(image: ImagePanoptic) -> NDArray[np.uint8]:
-    """H×W×3 RGB: each segment in its category's colour (categories.py), void black, white boundaries."""
-    from panoptic_deploy.categories import CATEGORY_BY_ID, coco_id_from_contiguous
+def colorize_panoptic(image: ImagePanoptic, categories: CategorySet | None = None) -> NDArray[np.uint8]:
+    """H×W×3 RGB: each segment in its category's colour (the model's ``categories``, default COCO's
+    palette in categories.py), void black, white boundaries."""
+    from panoptic_deploy.categories import COCO
 
+    cats = COCO if categories is None else categories
     seg = image.panoptic_seg
     rgb = np.zeros((*seg.shape, 3), np.uint8)
     for s in image.segments:
-        color = CATEGORY_BY_ID[coco_id_from_contiguous(int(s["category_id"]), bool(s["isthing"]))].color
+        color = cats.category(int(s["category_id"]), bool(s["isthing"])).color
         rgb[seg == int(s["id"])] = color
     edge = np.zeros(seg.shape, bool)
     edge[:, 1:] |= seg[:, 1:] != seg[:, :-1]
@@ -347,14 +352,21 @@ def plot_panoptic(rows: Sequence[BenchResult], path: Path, example: str | None) 
         raise BenchError(f"example image '{example}' is not among the evaluation images {names}")
     index = names.index(stem)
     photo = _photo(first.settings.images[index], first.panoptic[index].panoptic_seg.shape)
+    from panoptic_deploy.categories import COCO
+
+    categories = first.categories or COCO
     panels: list[tuple[str, NDArray[np.uint8]]] = []
     if photo is not None:
         panels.append((f"{stem} (input)", photo))
+    shown: dict[tuple[int, bool], int] = {}  # (contiguous id, isthing) -> pixels over all panels: the legend
     for r in rows:
         entry = next((p for p in r.panoptic if p.name == stem), None)
         if entry is None:
             continue
-        colour = colorize_panoptic(entry)
+        for s in entry.segments:
+            key = (int(s["category_id"]), bool(s["isthing"]))
+            shown[key] = shown.get(key, 0) + int(s["area"])
+        colour = colorize_panoptic(entry, categories)
         if photo is not None:
             colour = (0.6 * colour + 0.4 * photo).astype(np.uint8)
         panels.append((_label(r, False), colour))
@@ -368,8 +380,30 @@ def plot_panoptic(rows: Sequence[BenchResult], path: Path, example: str | None) 
         ax.imshow(data)
         ax.set_title(title, fontsize="small")
         ax.axis("off")
+    legend = _category_legend(categories, shown)
+    if legend:
+        fig.legend(handles=legend, loc="outside lower center", ncols=min(6, len(legend)), fontsize="small",
+                   frameon=False)  # fmt: skip
     _save(fig, path)
     return stem
+
+
+LEGEND_MAX = 24
+
+
+def _category_legend(categories: CategorySet, shown: Mapping[tuple[int, bool], int]) -> list[Any]:
+    """Colour patches named after the categories of ``shown`` (the :data:`LEGEND_MAX` largest by pixels),
+    things first, in contiguous order."""
+    from matplotlib.patches import Patch
+
+    keep = set(sorted(shown, key=lambda k: (-shown[k], k))[:LEGEND_MAX])
+    handles = []
+    for isthing, group in ((True, categories.things), (False, categories.stuff)):
+        for k, cat in enumerate(group):
+            if (k if isthing else k + 1, isthing) in keep:
+                r, g, b = cat.color
+                handles.append(Patch(facecolor=(r / 255, g / 255, b / 255), label=cat.name))
+    return handles
 
 
 def _trtexec_lines(rows: Sequence[BenchResult], checks: Sequence[TrtexecCheck]) -> list[str]:
@@ -390,12 +424,20 @@ def _trtexec_lines(rows: Sequence[BenchResult], checks: Sequence[TrtexecCheck]) 
         label = _label(row, True) if row else f"{Path(check.engine).name} (no benchmark ran this file)"
         ours = row.latency.network.p50_ms if row else None
         ratio = f"{ours / check.gpu_compute_median_ms:.2f}x" if ours else "–"
+        # What trtexec really did: a failed capture is only a warning, then it launches plainly.
         graph = "yes" if check.cuda_graph else "no"
+        if check.cuda_graph_requested and not check.cuda_graph:
+            graph = "no (capture failed)"
         lines.append(
             f"| {label} | {_fmt(ours, 2)} | {check.gpu_compute_median_ms:.2f} | {ratio} | {graph} | "
             f"{check.trtexec} |"
         )
-    return [*lines, ""]
+    warned = [
+        f"- {Path(check.engine).name}: trtexec warned: {warning}"
+        for check in checks
+        for warning in check.warnings
+    ]
+    return [*lines, "", *([*warned, ""] if warned else [])]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -429,20 +471,37 @@ def write_report(
     models = sorted({r.model for r in rows})
     with_model = len(models) > 1
 
-    plots.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    plot_latency(rows, plots / PLOT_LATENCY, with_model)
-    written.append(plots / PLOT_LATENCY)
-    plot_accuracy_speed(rows, plots / PLOT_ACCURACY_SPEED, with_model)
-    written.append(plots / PLOT_ACCURACY_SPEED)
-    examples: dict[str, tuple[Path, str]] = {}
-    for model in models:
-        model_rows = [r for r in rows if r.model == model]
-        names = [p.name for p in model_rows[0].panoptic]
-        chosen = example_image if example_image and Path(example_image).stem in names else None
-        path = plots / f"panoptic_{model}.png"
-        examples[model] = (path, plot_panoptic(model_rows, path, chosen))
-        written.append(path)
+    # The plots and the report are one atomic set whose completion marker is the report: it is renamed into
+    # place last (after its old version was removed), so a report always shows the plots beside it.
+    with atomic_files() as files:
+        written: list[Path] = []
+        plot_latency(rows, files.path(plots / PLOT_LATENCY), with_model)
+        written.append(plots / PLOT_LATENCY)
+        plot_accuracy_speed(rows, files.path(plots / PLOT_ACCURACY_SPEED), with_model)
+        written.append(plots / PLOT_ACCURACY_SPEED)
+        examples: dict[str, tuple[Path, str]] = {}
+        for model in models:
+            model_rows = [r for r in rows if r.model == model]
+            names = [p.name for p in model_rows[0].panoptic]
+            chosen = example_image if example_image and Path(example_image).stem in names else None
+            path = plots / f"panoptic_{model}.png"
+            examples[model] = (path, plot_panoptic(model_rows, files.path(path), chosen))
+            written.append(path)
+        text = _report_text(rows, models, checks, skipped_list, examples, output, plots)
+        files.path(output).write_text(text, encoding="utf-8")
+    return ReportSummary(str(output), tuple(str(p) for p in written), len(rows), len(skipped_list))
+
+
+def _report_text(
+    rows: Sequence[BenchResult],
+    models: Sequence[str],
+    checks: Sequence[TrtexecCheck],
+    skipped_list: Sequence[SkippedCombo],
+    examples: Mapping[str, tuple[Path, str]],
+    output: Path,
+    plots: Path,
+) -> str:
+    """The Markdown of :func:`write_report`."""
 
     def rel(path: Path) -> str:
         return os.path.relpath(path, output.parent).replace(os.sep, "/")
@@ -524,5 +583,4 @@ def write_report(
     ]
     for model in models:
         lines += [f"### {model}", "", *_error_table([r for r in rows if r.model == model], False), ""]
-    write_text_atomic(output, "\n".join(lines).rstrip() + "\n")
-    return ReportSummary(str(output), tuple(str(p) for p in written), len(rows), len(skipped_list))
+    return "\n".join(lines).rstrip() + "\n"

@@ -131,9 +131,14 @@ def model_branches(eval_images):
     if not Path(model_config).is_file():
         raise ConfigError(f"config key 'model.config': '{model_config}' does not exist")
     try:
-        params = input_params_from_config(load_config(model_config, model_opts()))
+        model_cfg = load_config(model_config, model_opts())
+        params = input_params_from_config(model_cfg)
     except PanopticDeployError as exc:
         raise ConfigError(f"config key 'model.config' / 'model.opts': {exc}") from None
+    try:
+        CATEGORIES.check_config(model_cfg, model_config)
+    except PanopticDeployError as exc:
+        raise ConfigError(f"config keys 'model.config' / 'model.categories': {exc}") from None
     by_size = {}
     for file in eval_images:
         try:
@@ -241,11 +246,41 @@ if _gt_json is not None and not Path(_gt_json).is_file():
 if _gt_dir is not None and not Path(_gt_dir).is_dir():
     raise ConfigError(f"config key 'evaluation.gt_dir': folder '{_gt_dir}' does not exist")
 
+def model_categories():
+    """The model's category set (config 'model.categories': coco or a JSON file with a categories list)."""
+    from panoptic_deploy.categories import load_category_set
+
+    try:
+        return load_category_set(config["model"]["categories"])
+    except PanopticDeployError as exc:
+        raise ConfigError(f"config key 'model.categories': {exc}") from None
+
+
+CATEGORIES = model_categories()
+if _gt_json is not None:
+    from panoptic_deploy.bench import check_ground_truth_categories
+    from panoptic_deploy.panoptic_format import load_panoptic_json
+
+    try:
+        check_ground_truth_categories(
+            load_panoptic_json(_gt_json, require_categories=True).categories, CATEGORIES, _gt_json
+        )
+    except PanopticDeployError as exc:
+        raise ConfigError(f"config keys 'evaluation.gt_json' / 'model.categories': {exc}") from None
+
 MODELS = model_branches(EVAL_IMAGES)
 
 example = config["report"]["example_image"]
 if example is not None and example not in {Path(f).name for f in EVAL_IMAGES}:
     raise ConfigError(f"config key 'report.example_image': '{example}' is not an evaluation image")
+
+_simplifier = config["export"]["simplifier"]
+if importlib.util.find_spec(_simplifier) is None:
+    _other = "onnxslim" if _simplifier == "onnxsim" else "onnxsim"
+    raise ConfigError(
+        f"config key 'export.simplifier': {_simplifier} is not installed here "
+        f"(pip install {_simplifier}, it is in the 'pipeline' extra), or set it to {_other}"
+    )
 
 ENGINE_BACKENDS, SKIPPED = resolve_backends()
 DEVICE_KEYS = {backend: device_key(backend) for backend in ENGINE_BACKENDS}
@@ -263,10 +298,23 @@ def trtexec_cross_check():
                 f"(backends: {', '.join(ENGINE_BACKENDS)})"
             )
         return False
-    if shutil.which("trtexec") is None:
+    exe = shutil.which("trtexec")
+    if exe is None:
         if setting is True:
             raise ConfigError("config key 'tensorrt.trtexec': true, but trtexec is not on PATH")
         reason = "not on PATH, so no engine was cross-checked with it"
+        SKIPPED.append({"backend": "trtexec", "precision": "all", "reason": reason})
+        return False
+    # The TensorRT wheels ship no trtexec: the one on PATH may be of another version, which cannot load
+    # the plans this TensorRT builds.
+    import tensorrt
+
+    from panoptic_deploy.engines.trtexec import trtexec_compatibility
+
+    usable, reason = trtexec_compatibility(exe, tensorrt.__version__)
+    if not usable:
+        if setting is True:
+            raise ConfigError(f"config key 'tensorrt.trtexec': true, but {reason}")
         SKIPPED.append({"backend": "trtexec", "precision": "all", "reason": reason})
         return False
     return True
@@ -402,6 +450,14 @@ def ground_truth():
     return {"gt_json": gt_json, "gt_dir": gt_dir} if gt_json else {}
 
 
+def reference_inputs(wildcards):
+    """Weights, evaluation images and the category file (when model.categories names one)."""
+    inputs = {"weights": WEIGHTS, "images": eval_images(wildcards)}
+    if config["model"]["categories"] != "coco":
+        inputs["categories"] = config["model"]["categories"]
+    return inputs
+
+
 def torch_bench_inputs(wildcards):
     """Weights, evaluation images, reference (and ground truth) of one torch benchmark."""
     return {
@@ -410,3 +466,22 @@ def torch_bench_inputs(wildcards):
         "reference": f"results/reference/{wildcards.model}.npz",
         **ground_truth(),
     }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Start of a run (onstart in the Snakefile: real runs with jobs to do, never dry-runs)
+
+
+def sweep_results():
+    """Remove the temporary files and scratch folders that killed jobs left under results/.
+
+    Only the package's own ('.<name>.pdtmp-<host>-<pid>-...', panoptic_deploy.fileio) and only those whose
+    writer no longer runs: a job of another Snakemake that still writes keeps its temp.
+    """
+    from panoptic_deploy.fileio import sweep_stale_temps
+
+    removed = sweep_stale_temps("results")
+    if removed:
+        print(f"Removed {len(removed)} temporary file(s) left by killed jobs under results/:")
+        for path in removed:
+            print(f"    {path}")

@@ -1,5 +1,6 @@
 # Stage export: the network part at the branch's static input size to ONNX, checked against PyTorch on a real
-# evaluation image, then simplified (onnxslim) and checked against the export on the branch's evaluation images.
+# evaluation image, then simplified (config export.simplifier: onnxsim or onnxslim) and checked against the
+# export on the branch's evaluation images.
 
 
 rule export_onnx:
@@ -47,6 +48,7 @@ rule simplify_onnx:
         config=config["model"]["config"],
         opts=model_opts(),
         input_hw=input_hw,
+        simplifier=config["export"]["simplifier"],
         atol=config["export"]["simplify_atol"],
         version=PACKAGE_VERSION,
     script:

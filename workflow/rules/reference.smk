@@ -4,8 +4,7 @@
 
 rule reference_outputs:
     input:
-        weights=WEIGHTS,
-        images=eval_images,
+        unpack(reference_inputs),
     output:
         "results/reference/{model}.npz",
     log:
@@ -20,6 +19,7 @@ rule reference_outputs:
         config=config["model"]["config"],
         opts=model_opts(),
         input_hw=input_hw,
+        categories=config["model"]["categories"],
         version=PACKAGE_VERSION,
     script:
         "../scripts/reference_outputs.py"

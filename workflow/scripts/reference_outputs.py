@@ -13,6 +13,7 @@ sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
 from panoptic_deploy.bench import write_reference  # noqa: E402
+from panoptic_deploy.categories import load_category_set  # noqa: E402
 
 reference = write_reference(
     snakemake.params.config,
@@ -23,5 +24,6 @@ reference = write_reference(
     opts=snakemake.params.opts,
     model_name=snakemake.wildcards.model,
     threads=snakemake.threads,
+    categories=load_category_set(snakemake.params.categories),
 )
 print(f"wrote {snakemake.output[0]}: {len(reference.images)} image(s)")

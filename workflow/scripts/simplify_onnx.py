@@ -1,4 +1,5 @@
-"""Rule simplify_onnx: onnxslim, kept only if it reproduces the export on the branch's evaluation images."""
+"""Rule simplify_onnx: onnxsim or onnxslim (config export.simplifier), kept only if it reproduces the export
+on the branch's evaluation images; the simplifier is recorded in the model's metadata."""
 
 import logging
 import sys
@@ -21,6 +22,7 @@ report = simplify_onnx(
     prepare_verify_inputs(
         snakemake.params.config, snakemake.input.images, snakemake.params.input_hw, opts=snakemake.params.opts
     ),
+    simplifier=snakemake.params.simplifier,
     tolerance=Tolerance(atol=snakemake.params.atol, rtol=0.0, max_flips=0),
     threads=snakemake.threads,
 )

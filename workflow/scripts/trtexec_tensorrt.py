@@ -21,4 +21,7 @@ check, output = run_trtexec(
 )
 print(output)
 write_trtexec_check(check, snakemake.output[0])
-print(f"{check.engine}: trtexec GPU compute median {check.gpu_compute_median_ms} ms")
+median = check.gpu_compute_median_ms
+print(f"{check.engine}: trtexec GPU compute median {median} ms, CUDA graph {check.cuda_graph}")
+for warning in check.warnings:
+    logging.warning("%s: trtexec warned: %s", check.engine, warning)

@@ -37,7 +37,8 @@ from panoptic_deploy.engines.sidecar import (
     summarize_onnx,
     write_sidecar,
 )
-from panoptic_deploy.fileio import atomic_path, write_bytes_atomic
+from panoptic_deploy.fileio import atomic_path
+from panoptic_deploy.filelock import update_locked
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -192,6 +193,83 @@ def _parser_errors(parser: trt.OnnxParser) -> str:
     return "; ".join(parts) or "no parser error recorded"
 
 
+def _fresh_timing_cache(config: trt.IBuilderConfig, what: Path) -> trt.ITimingCache:
+    cache = config.create_timing_cache(b"")
+    if cache is None:
+        raise EngineError(f"{what}: TensorRT cannot create an empty timing cache: {_last_errors()}")
+    return cache
+
+
+def _attach_timing_cache(
+    config: trt.IBuilderConfig, path: str | os.PathLike[str] | None, engine_path: Path
+) -> str:
+    """Give ``config`` the timing cache at ``path`` (or a fresh one) -> the sidecar's ``timing_cache`` status.
+
+    ``create_timing_cache`` returns None for bytes it cannot read (a damaged file, or a cache another
+    TensorRT version wrote); ``set_timing_cache(..., ignore_mismatch=False)`` returns False for a cache whose
+    CUDA device properties differ from this GPU's (IBuilderConfig.set_timing_cache docs, 10.13 and 11.1). In
+    both cases the build starts from a fresh cache, so it never uses timings measured elsewhere, and the file
+    is replaced by the fresh cache when the build saves it.
+    """
+    data = Path(path).read_bytes() if path is not None and Path(path).is_file() else b""
+    if not data:  # no file, or an empty one: create_timing_cache(b"") is TensorRT's "new cache"
+        cache = _fresh_timing_cache(config, engine_path)
+        status = "new"
+    else:
+        mark = len(_TRT_ERRORS)
+        loaded = config.create_timing_cache(data)
+        if loaded is not None:
+            cache, status = loaded, "loaded"
+        else:
+            del _TRT_ERRORS[mark:]  # handled here; not the reason of a later failure
+            _LOG.warning(
+                "%s: TensorRT cannot read this timing cache (damaged, or written by another TensorRT "
+                "version); building with a fresh cache, which replaces the file afterwards",
+                path,
+            )
+            cache = _fresh_timing_cache(config, engine_path)
+            status = "discarded (unreadable: damaged or from another TensorRT version)"
+    if config.set_timing_cache(cache, ignore_mismatch=False):
+        return status
+    _LOG.warning(
+        "%s: timing cache measured on another GPU (its CUDA device properties differ from this one's); "
+        "building with a fresh cache, which replaces the file afterwards",
+        path,
+    )
+    if not config.set_timing_cache(_fresh_timing_cache(config, engine_path), ignore_mismatch=False):
+        raise EngineError(f"{engine_path}: TensorRT refused a fresh timing cache: {_last_errors()}")
+    return "discarded (measured on another GPU)"
+
+
+def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    """Merge what is on disk now into the build's timing cache, then save it, under the cache's file lock.
+
+    A concurrent build may have saved its own entries since this build read the file; ``combine`` keeps them
+    (as Polygraphy's and trtexec's cache saving do). ``combine`` refuses a cache of another TensorRT version
+    or GPU (ITimingCache.combine docs); that file is then replaced.
+    """
+    cache = config.get_timing_cache()
+    if cache is None:  # the bindings return None when no cache is attached
+        _LOG.warning("%s: the builder has no timing cache to save", path)
+        return
+    ours = cache
+
+    def merge(on_disk: bytes | None) -> bytes:
+        if on_disk:
+            mark = len(_TRT_ERRORS)
+            theirs = config.create_timing_cache(on_disk)
+            if theirs is None or not ours.combine(theirs, ignore_mismatch=False):
+                del _TRT_ERRORS[mark:]
+                _LOG.warning(
+                    "%s: the cache on disk is unreadable or from another TensorRT version or GPU; "
+                    "replacing it with this build's cache",
+                    path,
+                )
+        return bytes(ours.serialize())
+
+    update_locked(path, merge)
+
+
 def build_trt_engine(
     onnx_path: str | os.PathLike[str],
     engine_path: str | os.PathLike[str],
@@ -207,7 +285,8 @@ def build_trt_engine(
     ``input_shape`` must equal the static shape of the model's single input (e.g. ``(1, 3, 400, 600)``).
     ``workspace_bytes`` caps the builder's scratch memory pool, ``optimization_level`` is the builder
     optimisation level 0..5. The timing cache at ``timing_cache_path`` is loaded if it exists (discarded if
-    it came from another TensorRT version or GPU) and saved back after the build. ``precision``, if given,
+    it is unreadable or from another GPU) and, after the build, merged with what is on disk then and saved
+    under a file lock, so concurrent builds keep each other's entries. ``precision``, if given,
     must match what the ONNX graph contains; otherwise it is read from the graph. Builds on the current
     CUDA device.
     """
@@ -255,20 +334,7 @@ def build_trt_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     config.builder_optimization_level = optimization_level
-
-    cache_bytes = b""
-    if timing_cache_path is not None and Path(timing_cache_path).is_file():
-        cache_bytes = Path(timing_cache_path).read_bytes()
-    timing_cache = config.create_timing_cache(cache_bytes)
-    cache_status = "loaded" if cache_bytes else "new"
-    # ignore_mismatch=False: a cache from another TensorRT version or device is refused (ITimingCache docs);
-    # start a fresh one then, so the build never uses timings measured elsewhere.
-    if not config.set_timing_cache(timing_cache, ignore_mismatch=False):
-        _LOG.warning(
-            "%s: timing cache from another TensorRT version or GPU; starting a new one", timing_cache_path
-        )
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-        cache_status = "discarded (other TensorRT version or GPU)"
+    cache_status = _attach_timing_cache(config, timing_cache_path, engine_path)
 
     device = torch.cuda.current_device()
     start = time.perf_counter()
@@ -279,7 +345,7 @@ def build_trt_engine(
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(plan))
     if timing_cache_path is not None:
-        write_bytes_atomic(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+        _save_timing_cache(config, Path(timing_cache_path))
 
     sidecar = make_sidecar(
         backend="tensorrt",
@@ -426,8 +492,14 @@ class TrtRunner:
         self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         self._stream.wait_stream(torch.cuda.current_stream(self.device))  # the zero-filled buffers
         self._graph: torch.cuda.CUDAGraph | None = None
+        self.cuda_graph_failure: str | None = None  # why a requested capture fell back to plain launches
         if cuda_graph:
-            self._capture_graph()
+            self.cuda_graph_failure = self._capture_graph()
+
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether runs replay a captured CUDA graph (False if not asked for, or if the capture failed)."""
+        return self._graph is not None
 
     def _execute(self) -> None:
         """Enqueue one inference on the runner's stream (the caller has made it the current stream)."""
@@ -436,17 +508,50 @@ class TrtRunner:
         elif not self._context.execute_async_v3(self._stream.cuda_stream):
             raise EngineError(f"{self.engine_path}: execute_async_v3 failed: {_last_errors()}")
 
-    def _capture_graph(self) -> None:
+    def _capture_graph(self) -> str | None:
+        """Capture one execution into a CUDA graph -> None, or why runs fall back to plain launches.
+
+        As trtexec does (sampleInference.cpp, IterationStd::createEnqueueFunction; sampleDevice.h,
+        TrtCudaGraph): one plain run first (TensorRT finishes deferred per-context set-up outside the
+        capture), a thread-local capture (cudaStreamCaptureModeThreadLocal: only this thread's calls can
+        invalidate it, not other threads' CUDA work), and if ``execute_async_v3`` returns False inside the
+        capture (an engine with operations that cannot be captured, e.g. data-dependent loops) the capture is
+        ended anyway and the runner launches plainly. ``torch.cuda.graph`` is not used: when its
+        ``capture_end`` raises on an invalidated capture, its ``__exit__`` skips restoring the stream.
+        """
         with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
-            # One ordinary run first: TensorRT finishes deferred per-context set-up outside the capture
-            # (TensorRT developer guide, "CUDA Graphs").
             self._execute()
         self._stream.synchronize()
+        mark = len(_TRT_ERRORS)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(self.device), torch.cuda.graph(graph, stream=self._stream):
-            if not self._context.execute_async_v3(self._stream.cuda_stream):
-                raise EngineError(f"{self.engine_path}: CUDA graph capture failed: {_last_errors()}")
-        self._graph = graph
+        enqueued = False
+        failure: str | None = None
+        with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                enqueued = self._context.execute_async_v3(self._stream.cuda_stream)
+            finally:
+                # Always end the capture, also when TensorRT failed inside it or raised: a stream left
+                # capturing breaks every later launch on it.
+                try:
+                    graph.capture_end()
+                except RuntimeError as exc:  # cudaErrorStreamCaptureInvalidated
+                    failure = f"the capture was invalidated ({exc})"
+        if enqueued and failure is None:
+            self._graph = graph
+            return None
+        if failure is None:
+            failure = f"execute_async_v3 failed inside the capture: {_last_errors()}"
+        del graph  # a graph TensorRT reported as failed must not be replayed
+        del _TRT_ERRORS[mark:]
+        _LOG.warning(
+            "%s: CUDA graph capture failed, running with plain launches: %s", self.engine_path, failure
+        )
+        # The context must still work outside a capture; a failure here is real.
+        with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
+            self._execute()
+        self._stream.synchronize()
+        return failure
 
     def _load_inputs(self, inputs: Mapping[str, torch.Tensor]) -> None:
         """Copy ``inputs`` (CPU or CUDA) into the bound input buffers, ordered after the caller's stream."""

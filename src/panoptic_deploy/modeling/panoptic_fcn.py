@@ -218,6 +218,16 @@ def thing_candidates(
     centre_logits C×h×w, kernels 256×h×w -> scores k, classes k (int64), kernel features k×256, with
     k = min(h·w, max_per_level), in descending score order. Thresholding is left to the caller.
     """
+    scores, classes, positions = centre_peaks(centre_logits, pool_size, max_per_level)
+    features = kernels.flatten(1).t()[positions]
+    return scores, classes, features
+
+
+def centre_peaks(
+    centre_logits: torch.Tensor, pool_size: int, max_per_level: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top-k smoothed centre peaks of one level: scores k, classes k and positions k (int64, row-major
+    in h×w), k = min(h·w, max_per_level), in descending score order."""
     h, w = centre_logits.shape[-2:]
     centre = torch.sigmoid(centre_logits)[None]
     smoothed = F.avg_pool2d(centre, pool_size, stride=1, padding=(pool_size - 1) // 2, count_include_pad=True)
@@ -226,10 +236,20 @@ def thing_candidates(
     centre = torch.where(peaks == centre, centre, torch.zeros_like(centre))
     k = min(h * w, max_per_level)
     scores, index = torch.topk(centre.flatten(), k)
-    classes = torch.div(index, h * w, rounding_mode="floor")
-    positions = index - classes * (h * w)
-    features = kernels.flatten(1).t()[positions]
-    return scores, classes, features
+    classes, positions = split_flat_index(index, h * w)
+    return scores, classes, positions
+
+
+def split_flat_index(index: torch.Tensor, plane_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class, position) of flat indices into a C×(h·w) map, in integer arithmetic only.
+
+    ``//`` on int64 exports as an integer Div (plus an integer Mod sign fix), so no FP16 or INT8 conversion
+    of the graph can touch it. ``torch.div(..., rounding_mode="floor")`` exports as Cast to float -> Div ->
+    Floor, and a converter puts the Floor in FP16, where quotients such as 79.996 round up to 80 (a class
+    out of range and a negative position for about 1.4 % of the candidates at h·w = 3952).
+    """
+    classes = index // plane_size
+    return classes, index - classes * plane_size
 
 
 def fuse_thing_kernels(
@@ -253,10 +273,13 @@ def fuse_thing_kernels(
     if class_specific:
         claims = claims & (classes[:, None] == classes[None, :])
     claims_f = claims.to(weights.dtype)
-    # A column's running count of claimants; the first claimant (count 1) takes the column.
-    first = claims_f.cumsum(dim=0) < 2
+    # The first claimant of a column takes it: row i is first where no row above it claims the column.
+    # The count of claimants above is a strictly-lower-triangular matrix product, not CumSum: older
+    # TensorRT ONNX parsers build a loop for CumSum (no CUDA graph capture, slow). The counts are small
+    # integers (<= K), exact in FP32, TF32, FP16 and BF16; 0.5 is the threshold between 0 and 1.
     strictly_upper = torch.ones(size, size, dtype=weights.dtype, device=weights.device).triu(1)
-    claimed_by_higher = (claims_f * strictly_upper).sum(dim=0) > 0
+    first = (strictly_upper.t() @ claims_f) < 0.5
+    claimed_by_higher = (claims_f * strictly_upper).sum(dim=0) > 0.5
     keep = valid & ~claimed_by_higher
     group = (claims & first & keep[:, None]).to(weights.dtype)
     fused = (group @ weights) / group.sum(dim=1, keepdim=True).clamp(min=1.0)
