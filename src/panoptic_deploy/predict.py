@@ -170,15 +170,13 @@ def predict_files(
         raise ImageError(f"several input images share the name {duplicates[0]!r}; outputs would collide")
     outputs = [path for name in names for path in prediction_paths(output_dir, name)]
     output_folder(output_dir, "--output")
-    category_file = (
-        None if isinstance(categories, CategorySet) or categories in (None, "coco") else categories
-    )
+    category_file = None if isinstance(categories, CategorySet) else categories  # a path, "coco" or None
     inputs = [*images, config, weights, category_file]
     if coco_json is not None:
         output_file(coco_json, "--coco-json")
         if Path(coco_json).resolve() in {p.resolve() for p in outputs}:
             raise OutputError(
-                f"--coco-json {coco_json}: is also the prediction JSON of an image; choose another"
+                f"--coco-json {coco_json}: is also the JSON of a predicted image; choose another path"
             )
         outputs.append(Path(coco_json))
     refuse_overwriting_inputs(outputs, inputs)
