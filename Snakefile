@@ -14,6 +14,11 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+from panoptic_deploy.config import check_yaml_file
+
+# A YAML syntax error as one line with the file, line and column (Snakemake's own message names neither).
+check_yaml_file("config/config.yaml")
+
 
 configfile: "config/config.yaml"
 

@@ -6,8 +6,9 @@ allow-list, and model-zoo ``.pkl`` files through a restricted unpickler that adm
 globals and nothing that can run code. ``weights_only=False`` is never used.
 
 Loading is strict (unlike detectron2, which only logs missing/unexpected keys and drops shape
-mismatches): any mismatch is one CheckpointError that lists it. FrozenBN ``running_var`` is used as
-stored (PanopticFCN checkpoints are FrozenBN version 3: no eps correction on load).
+mismatches): any mismatch is one CheckpointError that lists it, and so are NaN or infinite weights.
+FrozenBN ``running_var`` is used as stored (PanopticFCN checkpoints are FrozenBN version 3: no eps
+correction on load).
 """
 
 from __future__ import annotations
@@ -270,12 +271,38 @@ def check_state_dict(
     raise CheckpointError(message)
 
 
+def check_finite(state: Mapping[str, torch.Tensor], path: PathLike) -> None:
+    """One CheckpointError naming every tensor that holds a NaN or an infinity (with how many of each).
+
+    Such a weight never gives an error later: the network's outputs turn NaN, every score comparison is
+    false, and the prediction is silently empty.
+    """
+    bad = []
+    for key in sorted(state):
+        tensor = state[key]
+        if not tensor.is_floating_point() and not tensor.is_complex():
+            continue
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        inf = int((~finite).sum()) - nan
+        parts = [f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else ""]
+        bad.append(f"{key} ({', '.join(p for p in parts if p)} of {tensor.numel()})")
+    if bad:
+        raise CheckpointError(
+            f"{path}: refusing non-finite weights: {len(bad)} tensor(s) hold NaN or Inf values: {_few(bad)}"
+        )
+
+
 def load_weights(model: torch.nn.Module, path: PathLike) -> None:
-    """Read ``path``, check it against ``model.state_dict()``, load it strictly in the model's dtypes."""
+    """Read ``path``, check it against ``model.state_dict()`` and for NaN/Inf values, load it strictly in the
+    model's dtypes."""
     state = read_checkpoint(path)
     model_state = model.state_dict()
     check_state_dict({k: tuple(v.shape) for k, v in model_state.items()}, state, path)
     cast = {k: v.to(dtype=model_state[k].dtype) for k, v in state.items()}
+    check_finite(cast, path)  # after the cast: a float64 value beyond float32's range becomes Inf there
     try:
         model.load_state_dict(cast, strict=True)
     except RuntimeError as exc:  # should not happen after the check; keep the one-line contract

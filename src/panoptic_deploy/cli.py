@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from panoptic_deploy import __version__
 from panoptic_deploy.errors import PanopticDeployError
 
 
+def _check_output(option: str, path: str | None, inputs: Iterable[str | None]) -> None:
+    """One-line OutputError, before any work, if the output file ``path`` is a folder or one of ``inputs``."""
+    if path is None:
+        return
+    from panoptic_deploy.outputs import output_file, refuse_overwriting_inputs
+
+    output_file(path, option)
+    refuse_overwriting_inputs([path], inputs)
+
+
 def _cmd_make_weights(args: argparse.Namespace) -> int:
     from panoptic_deploy.weights import write_synthetic_checkpoint
 
+    _check_output("--output", args.output, [args.config])
     write_synthetic_checkpoint(args.config, args.seed, args.output, opts=args.opts)
     print(f"wrote {args.output}")
     return 0
@@ -58,6 +69,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_pq(args: argparse.Namespace) -> int:
     from panoptic_deploy.pq import run_pq_command
 
+    _check_output("--json", args.json, [args.gt_json, args.pred_json])
     return run_pq_command(
         gt_json=args.gt_json,
         gt_dir=args.gt_dir,
@@ -80,6 +92,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from panoptic_deploy.compare import Tolerance
     from panoptic_deploy.export import DEFAULT_EXPORT_TOLERANCE, export_onnx
 
+    _check_output("--output", args.output, [args.config, args.weights, args.image])
     default = DEFAULT_EXPORT_TOLERANCE
     tolerance = Tolerance(
         default.atol if args.atol is None else args.atol,
@@ -106,6 +119,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_simplify(args: argparse.Namespace) -> int:
     from panoptic_deploy.export import onnx_input_hw, prepare_verify_inputs, simplify_onnx
 
+    _check_output("--output", args.output, [args.input, args.config, *args.images])
     hw = onnx_input_hw(args.input)
     inputs = prepare_verify_inputs(args.config, args.images, hw, args.opts)
     report = simplify_onnx(args.input, args.output, inputs, simplifier=args.simplifier, threads=args.threads)
@@ -117,6 +131,7 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     from panoptic_deploy.bench import write_reference
     from panoptic_deploy.categories import load_category_set
 
+    _check_output("--output", args.output, [args.config, args.weights, args.categories, *args.images])
     reference = write_reference(
         args.config,
         args.weights,
@@ -137,6 +152,9 @@ def _cmd_reference(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from panoptic_deploy.bench import run_bench
 
+    sidecar = args.sidecar or (f"{args.engine}.json" if args.engine else None)  # run_bench's default
+    inputs = [args.config, args.reference, args.weights, args.engine, sidecar, args.gt_json]
+    _check_output("--output", args.output, [*inputs, *args.images])
     result = run_bench(
         args.backend,
         args.precision,
@@ -176,8 +194,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     import json
 
     from panoptic_deploy.bench import BenchError
-    from panoptic_deploy.report import skipped_from_json, write_report
+    from panoptic_deploy.outputs import output_folder, refuse_overwriting_inputs
+    from panoptic_deploy.report import PLOT_ACCURACY_SPEED, PLOT_LATENCY, skipped_from_json, write_report
 
+    inputs = [*args.bench, args.skipped, *args.trtexec]
+    _check_output("--output", args.output, inputs)
+    plots = Path(args.plots_dir) if args.plots_dir else Path(args.output).with_suffix("")
+    output_folder(plots, "--plots-dir")
+    refuse_overwriting_inputs([plots / PLOT_LATENCY, plots / PLOT_ACCURACY_SPEED], inputs)
     skipped = []
     if args.skipped:
         try:
@@ -203,6 +227,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_trtexec(args: argparse.Namespace) -> int:
     from panoptic_deploy.engines.trtexec import run_trtexec, write_trtexec_check
 
+    _check_output("--output", args.output, [args.engine])
     check, _ = run_trtexec(args.engine, iterations=args.iterations, cuda_graph=args.cuda_graph)
     write_trtexec_check(check, args.output)
     print(f"{args.engine}: trtexec GPU compute median {check.gpu_compute_median_ms} ms -> {args.output}")
@@ -456,6 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except PanopticDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system problem with a path the user gave (permissions, disk full, ...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -11,6 +11,8 @@ Reproduces the merge semantics of detectron2's ``get_cfg()`` + ``add_panopticfcn
 * Each value must have the default's type: list<->tuple are converted to the default's type,
   ``None`` may replace or be replaced by a basic value, nothing else (no int->float).
 * Unknown keys are errors.
+* Beyond yacs: the values this package uses are range-checked after merging (sizes, thresholds,
+  counts; :data:`VALUE_RANGES`), naming the file or override that set the bad value.
 
 Every problem is a :class:`~panoptic_deploy.errors.ConfigError` with one line naming the file
 (or ``command-line override``) and the key.
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ import yaml
 from panoptic_deploy.config_defaults import add_panopticfcn_defaults, detectron2_defaults
 from panoptic_deploy.errors import ConfigError
 
-__all__ = ["OPTS_SOURCE", "CfgNode", "get_default_config", "load_config"]
+__all__ = ["OPTS_SOURCE", "CfgNode", "check_yaml_file", "get_default_config", "load_config"]
 
 BASE_KEY = "_BASE_"
 # The only detectron2 config version these configs use; detectron2's upgrade path is not ported.
@@ -173,6 +177,10 @@ class CfgNode(dict[str, Any]):
     # --- merging ------------------------------------------------------------------------------
     def merge_from_file(self, path: str | Path) -> None:
         """Merge a YAML file (with its ``_BASE_`` chain) into this config, in place."""
+        self._merge_file(path)
+
+    def _merge_file(self, path: str | Path) -> _Origins:
+        """:meth:`merge_from_file`, returning which file set each key."""
         source = str(path)
         data, origins = _load_yaml_with_base(Path(path), source, ())
         _merge_tree(self, data, (), origins)
@@ -182,6 +190,7 @@ class CfgNode(dict[str, Any]):
                 f"{origins[('VERSION',)]}: VERSION {version!r} is not supported "
                 f"(only detectron2 config version {CONFIG_VERSION})"
             )
+        return origins
 
     def merge_from_list(self, opts: Sequence[Any], source: str = OPTS_SOURCE) -> None:
         """Merge ``[KEY, VALUE, KEY, VALUE, ...]`` overrides (dotted keys), in place."""
@@ -232,13 +241,90 @@ def load_config(path: str | Path, opts: Sequence[str] = ()) -> CfgNode:
     """Defaults <- YAML file (with ``_BASE_`` chain) <- ``KEY VALUE`` overrides; returns a frozen node.
 
     Raises ConfigError (one line, naming the file or ``command-line override`` and the key) for a
-    missing/unreadable file, bad YAML, a ``_BASE_`` cycle, an unknown key or a wrongly typed value.
+    missing/unreadable file, bad YAML, a ``_BASE_`` cycle, an unknown key, a wrongly typed value or a value
+    out of its range (:data:`VALUE_RANGES`).
     """
     cfg = get_default_config()
-    cfg.merge_from_file(path)
+    origins = cfg._merge_file(path)
     cfg.merge_from_list(list(opts))
+    for key in list(opts)[0::2]:
+        origins[tuple(str(key).split("."))] = OPTS_SOURCE
+    check_value_ranges(cfg, origins)
     cfg.freeze()
     return cfg
+
+
+# --- value ranges (beyond yacs, which checks types only) ----------------------------------------
+
+_MAX_SIZE = 16384
+# key -> (lowest, highest) allowed, for the values this package reads; both ends included. A number out of
+# range would crash deep inside the model (a side resized to 0, a division by a zero std) or silently give
+# nothing (a threshold above 1).
+VALUE_RANGES: dict[str, tuple[float, float]] = {
+    "INPUT.MIN_SIZE_TEST": (1, _MAX_SIZE),
+    "INPUT.MAX_SIZE_TEST": (1, _MAX_SIZE),
+    "MODEL.POSITION_HEAD.THING.THRES": (0.0, 1.0),
+    "MODEL.POSITION_HEAD.STUFF.THRES": (0.0, 1.0),
+    # Each of the 5 levels keeps TOP_NUM // 2 candidates; the kernel fusion is quadratic in their number.
+    "MODEL.POSITION_HEAD.THING.TOP_NUM": (2, 1000),
+    "MODEL.INFERENCE.INST_THRES": (0.0, 1.0),
+    "MODEL.INFERENCE.SIMILAR_THRES": (-1.0, 1.0),  # a cosine
+    "MODEL.INFERENCE.COMBINE.OVERLAP_THRESH": (0.0, 1.0),
+    "MODEL.INFERENCE.COMBINE.STUFF_AREA_LIMIT": (0, 2**31 - 1),
+    "MODEL.INFERENCE.COMBINE.INST_THRESH": (0.0, 1.0),
+    "MODEL.POSITION_HEAD.THING.NUM_CLASSES": (1, 10000),
+    # Label 0 of the stuff map is "things": at least one real stuff class besides it.
+    "MODEL.POSITION_HEAD.STUFF.NUM_CLASSES": (2, 10000),
+    "MODEL.POSITION_HEAD.NUM_CONVS": (1, 64),
+    "MODEL.KERNEL_HEAD.NUM_CONVS": (1, 64),
+    "MODEL.FEATURE_ENCODER.NUM_CONVS": (1, 64),
+    "MODEL.POSITION_HEAD.CONVS_DIM": (1, 65536),
+    "MODEL.KERNEL_HEAD.CONVS_DIM": (1, 65536),
+    "MODEL.FEATURE_ENCODER.CONVS_DIM": (1, 65536),
+    "MODEL.SEMANTIC_FPN.CONVS_DIM": (1, 65536),
+    "MODEL.SEMANTIC_FPN.COMMON_STRIDE": (4, 4),  # the post-processing upsamples stride 4
+    "MODEL.FPN.OUT_CHANNELS": (1, 65536),
+    "MODEL.RESNETS.STEM_OUT_CHANNELS": (1, 65536),
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": (1, 65536),
+    "MODEL.RESNETS.WIDTH_PER_GROUP": (1, 65536),
+}
+# Heads whose convs are followed by GroupNorm(32) when their NORM is "GN": CONVS_DIM must divide by 32.
+_GN_HEADS = ("MODEL.POSITION_HEAD", "MODEL.KERNEL_HEAD", "MODEL.FEATURE_ENCODER", "MODEL.SEMANTIC_FPN")
+_GN_GROUPS = 32
+
+
+def _lookup(cfg: CfgNode, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_value_ranges(cfg: CfgNode, origins: Mapping[tuple[str, ...], str] | None = None) -> None:
+    """ConfigError (one line: where the value was set, the key, the allowed range, the value) for the first
+    value of :data:`VALUE_RANGES` or GroupNorm width out of range. (``MODEL.PIXEL_MEAN``/``PIXEL_STD`` are
+    checked where they are used, :func:`panoptic_deploy.modeling.input_params_from_config`.)"""
+
+    def fail(key: str, message: str) -> None:
+        source = (origins or {}).get(tuple(key.split(".")), "default config")
+        raise ConfigError(f"{source}: {key} {message}")
+
+    for key, (low, high) in VALUE_RANGES.items():
+        value = _lookup(cfg, key)
+        if not _is_number(value) or math.isnan(value) or not low <= value <= high:
+            note = ""
+            if key == "INPUT.MIN_SIZE_TEST" and value == 0:
+                note = " (0, detectron2's 'no test resize', is not supported: the network needs a resize)"
+            bounds = f"{low}" if low == high else f"in [{low}, {high}]"
+            fail(key, f"must be {'' if low == high else 'a number '}{bounds}, got {value!r}{note}")
+    for head in _GN_HEADS:
+        if _lookup(cfg, f"{head}.NORM") == "GN" and _lookup(cfg, f"{head}.CONVS_DIM") % _GN_GROUPS:
+            dim = _lookup(cfg, f"{head}.CONVS_DIM")
+            fail(f"{head}.CONVS_DIM", f"must be a multiple of {_GN_GROUPS} with {head}.NORM 'GN', got {dim}")
 
 
 # --- YAML loading with _BASE_ (fvcore's load_yaml_with_base) ----------------------------------
@@ -288,8 +374,16 @@ def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
         raise ConfigError(f"{shown}: cannot read config file: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{shown}: cannot read config file: not UTF-8 ({exc.reason})") from None
+    data = _parse_yaml(text, shown)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{shown}: a config file must be a mapping of keys, got {_type_name(data)}")
+    return data
+
+
+def _parse_yaml(text: str, shown: str) -> Any:
+    """``yaml.safe_load``; a syntax error is one ConfigError line with the file, line and column."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         where = (
             f" at line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
@@ -300,9 +394,27 @@ def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
         raise ConfigError(f"{shown}: invalid YAML{where}: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{shown}: invalid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{shown}: a config file must be a mapping of keys, got {_type_name(data)}")
-    return data
+
+
+def check_yaml_file(path: str | Path) -> None:
+    """ConfigError naming the file, line and column if ``path`` (if it exists) is neither JSON nor YAML.
+
+    For the workflow's ``config/config.yaml``: the Snakefile calls this before its ``configfile:``
+    directive, whose own error ("Config file is not valid JSON or YAML") names neither file nor line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return  # Snakemake says that itself, naming the file
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc}") from None
+    try:
+        json.loads(text)  # Snakemake tries JSON first
+        return
+    except ValueError:
+        pass
+    _parse_yaml(text, str(p))
 
 
 def _record_origins(data: Mapping[Any, Any], prefix: tuple[str, ...], shown: str, origins: _Origins) -> None:

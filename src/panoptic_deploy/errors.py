@@ -23,3 +23,8 @@ class PanopticFormatError(PanopticDeployError):
 
 class ExportError(PanopticDeployError):
     """An ONNX export or simplification failed or does not reproduce the model within tolerance."""
+
+
+class OutputError(PanopticDeployError):
+    """An output path cannot be used: it is one of the inputs, or a file where a folder is expected (or the
+    reverse). Raised before anything is written."""

@@ -2,11 +2,17 @@
 
 Implements spec §5.5 steps 7–8, §5.6 and §5.7 on the outputs of the export boundary
 (:class:`panoptic_deploy.modeling.NetworkOutputs`); works on CPU or GPU tensors.
+
+Memory is bounded for large images: the stride-4 maps are resized to the original size a chunk of channels
+at a time (at most :data:`RESIZE_CHUNK_BYTES` of float maps; a 640×480 image takes all of them in one chunk,
+an 8000×6000 image one at a time), and each chunk is folded into a running arg-max (stuff) or the greedy
+merge (things) before the next is resized. Every step is per pixel or per instance in score order, so the
+result is exactly that of resizing all maps at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +51,23 @@ class PanopticResult:
     instance_masks: np.ndarray | None = None
 
 
+# Float32 maps at the original size resized in one go, at most (bytes). 256 MiB: all the maps of a
+# COCO-sized image in one chunk (~2 MB each at 640×480), one map of an 8000×6000 image (192 MB).
+RESIZE_CHUNK_BYTES = 256 << 20
+
+
+def maps_per_chunk(probs: torch.Tensor, orig_size: tuple[int, int]) -> int:
+    """How many of the N×Hf×Wf stride-4 maps :func:`resize_to_original` takes at once (at least 1)."""
+    hf, wf = probs.shape[-2:]
+    per_map = 4 * (orig_size[0] * orig_size[1] + 16 * hf * wf)  # float32: the result and the ×4 stage
+    return max(1, RESIZE_CHUNK_BYTES // per_map)
+
+
+def _chunks(count: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, count, size):
+        yield start, min(start + size, count)
+
+
 def resize_to_original(
     probs: torch.Tensor, image_size: tuple[int, int], orig_size: tuple[int, int]
 ) -> torch.Tensor:
@@ -66,20 +89,32 @@ def stuff_label_map(
     image_size: tuple[int, int],
     orig_size: tuple[int, int],
 ) -> torch.Tensor:
-    """Arg-max over the 54-channel semantic score map (absent classes 0): -> orig_h×orig_w int64."""
+    """Arg-max over the 54-channel semantic score map (absent classes 0): -> orig_h×orig_w int64.
+
+    The present channels are resized a chunk at a time (:func:`maps_per_chunk`) into a running arg-max.
+    """
     present = torch.nonzero(stuff_present).flatten()
     if present.numel() == 0:
         return torch.zeros(orig_size, dtype=torch.int64, device=stuff_probs.device)
-    resized = resize_to_original(stuff_probs[present], image_size, orig_size)
-    best_index, best = channel_argmax(resized)  # first maximum wins, as in the official arg-max
+    best_index: torch.Tensor | None = None
+    best = stuff_probs.new_empty(0)
+    for start, stop in _chunks(present.numel(), maps_per_chunk(stuff_probs, orig_size)):
+        resized = resize_to_original(stuff_probs[present[start:stop]], image_size, orig_size)
+        if best_index is None:
+            best_index, best = channel_argmax(resized)  # first maximum wins, as in the official arg-max
+        else:
+            channel_argmax_into(resized, start, best_index, best)
+        del resized
+    assert best_index is not None
     labels = present[best_index]
+    del best_index
     underflow = best <= 0
     if bool(underflow.any()):
         # Probabilities that underflow to 0 everywhere: the official arg-max over all 54 channels then
         # picks the lowest channel, present or absent.
         absent = torch.nonzero(~stuff_present).flatten()
         lowest = min(int(present[0]), int(absent[0])) if absent.numel() else int(present[0])
-        labels = torch.where(underflow, torch.full_like(labels, lowest), labels)
+        labels.masked_fill_(underflow, lowest)
     return labels
 
 
@@ -91,14 +126,39 @@ def channel_argmax(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     NaN (a broken backend) the two could differ, so such maps take ``argmax``. On a GPU ``argmax`` is one
     kernel and stays.
     """
-    if maps.device.type != "cpu" or bool(torch.isnan(maps).any()):
+    if maps.device.type != "cpu" or _has_nan(maps):
         return maps.argmax(dim=0), maps.amax(dim=0)
     best = maps[0].clone()
     index = torch.zeros(maps.shape[1:], dtype=torch.int64)
-    for channel in range(1, maps.shape[0]):
-        index.masked_fill_(maps[channel] > best, channel)  # strictly greater: the first maximum stays
-        torch.maximum(best, maps[channel], out=best)
+    _running_argmax(maps[1:], 1, index, best)
     return index, best
+
+
+def _has_nan(maps: torch.Tensor) -> bool:
+    """Whether ``maps`` holds a NaN: its maximum is NaN then (a reduction, ~4x cheaper than ``isnan``)."""
+    return maps.numel() > 0 and bool(torch.isnan(maps.amax()))
+
+
+def _running_argmax(maps: torch.Tensor, offset: int, index: torch.Tensor, best: torch.Tensor) -> None:
+    """Fold NaN-free CPU maps (channels ``offset``, ``offset + 1``, ...) into ``index``/``best`` in place."""
+    for channel in range(maps.shape[0]):
+        # Strictly greater: the first maximum stays.
+        index.masked_fill_(maps[channel] > best, offset + channel)
+        torch.maximum(best, maps[channel], out=best)
+
+
+def channel_argmax_into(maps: torch.Tensor, offset: int, index: torch.Tensor, best: torch.Tensor) -> None:
+    """Continue :func:`channel_argmax` over more channels: fold C×H×W ``maps`` (channels ``offset`` ...
+    ``offset + C - 1``) into the running ``index``/``best`` of the channels before them, in place, so that
+    the result equals ``argmax``/``amax`` over all channels at once (first maximum; a NaN is the maximum)."""
+    if maps.device.type == "cpu" and not _has_nan(maps) and not _has_nan(best):
+        _running_argmax(maps, offset, index, best)
+        return
+    chunk_index, chunk_best = maps.argmax(dim=0), maps.amax(dim=0)
+    # Strictly greater keeps the earlier channel on ties; a NaN wins over a number, an earlier NaN stays.
+    better = (chunk_best > best) | (torch.isnan(chunk_best) & ~torch.isnan(best))
+    index.copy_(torch.where(better, chunk_index + offset, index))
+    best.copy_(torch.where(better, chunk_best, best))
 
 
 def postprocess(
@@ -123,17 +183,26 @@ def postprocess(
     scores, classes, probs = scores[order], classes[order], probs[order]
 
     num_combined = int((scores >= params.combine_inst_thresh).sum()) if params.combine_enable else 0
-    num_resized = scores.shape[0] if with_instance_masks else num_combined
-    masks = resize_to_original(probs[:num_resized], image_size, orig_size) > params.inst_thres
     stuff_label = stuff_label_map(
         out["stuff_probs"], out["stuff_present"].to(torch.bool), image_size, orig_size
     )
 
+    masks = None
+    if with_instance_masks:  # every instance's mask at full size, as asked (memory grows with the image)
+        masks = resize_to_original(probs, image_size, orig_size) > params.inst_thres
     panoptic = torch.zeros(orig_size, dtype=torch.int32, device=stuff_label.device)
     segments: list[Segment] = []
     if params.combine_enable:
-        panoptic, segments = merge_panoptic(
-            masks[:num_combined], classes[:num_combined], scores[:num_combined], stuff_label, params
+        if masks is not None:
+            greedy = merge_greedy(masks[:num_combined], params.overlap_thresh)
+        else:  # a chunk of instances at a time, in score order, through the greedy merge
+            greedy = GreedyState.empty(orig_size, probs.device)
+            for start, stop in _chunks(num_combined, maps_per_chunk(probs, orig_size)):
+                chunk = resize_to_original(probs[start:stop], image_size, orig_size) > params.inst_thres
+                merge_greedy(chunk, params.overlap_thresh, greedy, start)
+                del chunk
+        panoptic, segments = assemble_panoptic(
+            greedy, num_combined, classes[:num_combined], scores[:num_combined], stuff_label, params
         )
     return PanopticResult(
         panoptic_seg=panoptic.cpu().numpy(),
@@ -141,7 +210,7 @@ def postprocess(
         sem_seg_argmax=stuff_label.cpu().numpy(),
         instance_classes=classes.cpu().numpy(),
         instance_scores=scores.cpu().numpy(),
-        instance_masks=masks.cpu().numpy() if with_instance_masks else None,
+        instance_masks=masks.cpu().numpy() if masks is not None else None,
     )
 
 
@@ -157,14 +226,26 @@ def merge_panoptic(
     masks N×H×W bool (score-sorted, all with score >= COMBINE.INST_THRESH), classes N, scores N,
     stuff_label H×W -> (panoptic H×W int32, segments).
     """
-    device = stuff_label.device
-    greedy = greedy_things_batched if device.type == "cuda" else greedy_things_sequential
-    accepted, owner = greedy(masks, params.overlap_thresh)
+    greedy = merge_greedy(masks, params.overlap_thresh)
+    return assemble_panoptic(greedy, masks.shape[0], classes, scores, stuff_label, params)
 
+
+def assemble_panoptic(
+    greedy: GreedyState,
+    num_instances: int,
+    classes: torch.Tensor,
+    scores: torch.Tensor,
+    stuff_label: torch.Tensor,
+    params: InferenceParams,
+) -> tuple[torch.Tensor, list[Segment]]:
+    """Segments and the panoptic id map from the finished greedy thing merge of ``num_instances``
+    instances (``classes``, ``scores``): accepted things in score order, then stuff on the free pixels."""
+    device = stuff_label.device
+    accepted, owner = greedy.accepted, greedy.owner
     segments: list[Segment] = []
-    lookup = torch.zeros(masks.shape[0] + 1, dtype=torch.int32, device=device)
+    lookup = torch.zeros(num_instances + 1, dtype=torch.int32, device=device)
     if accepted:
-        pixel_counts = torch.bincount(owner.flatten(), minlength=masks.shape[0] + 1).tolist()
+        pixel_counts = torch.bincount(owner.flatten(), minlength=num_instances + 1).tolist()
         class_list, score_list = classes.tolist(), scores.tolist()
         for index in accepted:
             segment_id = len(segments) + 1
@@ -182,6 +263,7 @@ def merge_panoptic(
     panoptic = lookup[owner]
 
     free = owner == 0
+    del greedy, owner
     num_labels = int(stuff_label.max()) + 1
     free_counts = torch.bincount(stuff_label[free], minlength=num_labels).tolist()
     stuff_lookup = torch.zeros(num_labels, dtype=torch.int32, device=device)
@@ -198,7 +280,34 @@ def merge_panoptic(
 # The greedy thing merge, two exact ways. Instance i (in score order) is accepted when its mask is not empty
 # and overlap_i / area_i <= OVERLAP_THRESH, where overlap_i counts its pixels already taken by accepted
 # instances before it; it then owns its pixels that are still free. Both return the accepted indices and the
-# owner map H×W int64 (index + 1, 0 = free); tests/test_postprocess.py holds them equal.
+# owner map H×W int32 (index + 1, 0 = free); tests/test_postprocess.py holds them equal. Both can go on from
+# a GreedyState: the masks of the instances offset, offset + 1, ... after those already merged into it.
+
+
+@dataclass
+class GreedyState:
+    """The greedy merge so far: ``owner`` H×W int32 (index + 1 of the owning instance, 0 = free), ``taken``
+    H×W bool (owned by an accepted instance), ``accepted`` instance indices in score order."""
+
+    owner: torch.Tensor
+    taken: torch.Tensor
+    accepted: list[int] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, size: tuple[int, ...], device: torch.device | str) -> GreedyState:
+        owner = torch.zeros(size, dtype=torch.int32, device=device)
+        return cls(owner, torch.zeros(size, dtype=torch.bool, device=device))
+
+
+def merge_greedy(
+    masks: torch.Tensor, overlap_thresh: float, state: GreedyState | None = None, offset: int = 0
+) -> GreedyState:
+    """Merge N×H×W bool ``masks`` (instances ``offset`` ... ``offset + N - 1``) into ``state`` (a new one if
+    None) with the strategy of their device: sequential on a CPU, batched on a GPU."""
+    state = state if state is not None else GreedyState.empty(tuple(masks.shape[1:]), masks.device)
+    greedy = greedy_things_batched if masks.device.type == "cuda" else greedy_things_sequential
+    greedy(masks, overlap_thresh, state, offset)
+    return state
 
 
 def _rejects(overlap: torch.Tensor, area: torch.Tensor, overlap_thresh: float) -> torch.Tensor:
@@ -206,14 +315,15 @@ def _rejects(overlap: torch.Tensor, area: torch.Tensor, overlap_thresh: float) -
     return (area <= 0) | (overlap / area.clamp(min=1) > overlap_thresh)
 
 
-def greedy_things_sequential(masks: torch.Tensor, overlap_thresh: float) -> tuple[list[int], torch.Tensor]:
+def greedy_things_sequential(
+    masks: torch.Tensor, overlap_thresh: float, state: GreedyState | None = None, offset: int = 0
+) -> tuple[list[int], torch.Tensor]:
     """One instance at a time, deciding on the host: cheap where a host read is free (CPU tensors).
 
     A rejected instance (most of them: duplicates) costs two passes over its mask; an accepted one four.
     """
-    owner = torch.zeros(masks.shape[1:], dtype=torch.int64, device=masks.device)
-    taken = torch.zeros(masks.shape[1:], dtype=torch.bool, device=masks.device)
-    accepted: list[int] = []
+    state = state if state is not None else GreedyState.empty(tuple(masks.shape[1:]), masks.device)
+    owner, taken, accepted = state.owner, state.taken, state.accepted
     for index in range(masks.shape[0]):
         mask = masks[index]
         # Per mask: torch's CPU reduction of an N×(H·W) bool tensor along dim 1 is ~20x slower than N
@@ -222,13 +332,15 @@ def greedy_things_sequential(masks: torch.Tensor, overlap_thresh: float) -> tupl
         overlap = torch.count_nonzero(mask & taken).to(torch.float64)
         if bool(_rejects(overlap, area, overlap_thresh)):
             continue
-        owner.masked_fill_(mask & ~taken, index + 1)
+        owner.masked_fill_(mask & ~taken, offset + index + 1)
         taken |= mask
-        accepted.append(index)
+        accepted.append(offset + index)
     return accepted, owner
 
 
-def greedy_things_batched(masks: torch.Tensor, overlap_thresh: float) -> tuple[list[int], torch.Tensor]:
+def greedy_things_batched(
+    masks: torch.Tensor, overlap_thresh: float, state: GreedyState | None = None, offset: int = 0
+) -> tuple[list[int], torch.Tensor]:
     """Accepted instance by accepted instance: for GPUs, where each kernel launch and host read costs.
 
     ``taken`` changes only when an instance is accepted, so the overlaps of all later instances with it are
@@ -236,10 +348,9 @@ def greedy_things_batched(masks: torch.Tensor, overlap_thresh: float) -> tuple[l
     accepted, and the search goes on after it. One host read per accepted instance (plus one), a handful of
     kernels each, instead of about fifteen kernels per instance.
     """
-    owner = torch.zeros(masks.shape[1:], dtype=torch.int64, device=masks.device)
-    taken = torch.zeros(masks.shape[1:], dtype=torch.bool, device=masks.device)
+    state = state if state is not None else GreedyState.empty(tuple(masks.shape[1:]), masks.device)
+    owner, taken, accepted = state.owner, state.taken, state.accepted
     areas = masks.flatten(1).sum(dim=1, dtype=torch.float64)
-    accepted: list[int] = []
     start = 0
     while start < masks.shape[0]:
         rest = masks[start:]
@@ -249,9 +360,9 @@ def greedy_things_batched(masks: torch.Tensor, overlap_thresh: float) -> tuple[l
             break
         index = start + int(passing[0])
         mask = masks[index]
-        owner.masked_fill_(mask & ~taken, index + 1)
+        owner.masked_fill_(mask & ~taken, offset + index + 1)
         taken |= mask
-        accepted.append(index)
+        accepted.append(offset + index)
         start = index + 1
     return accepted, owner
 

@@ -13,9 +13,10 @@ import torch
 from tqdm import tqdm
 
 from panoptic_deploy.categories import COCO, CategorySet, load_category_set
-from panoptic_deploy.errors import ImageError, PanopticDeployError
+from panoptic_deploy.errors import ImageError, OutputError, PanopticDeployError
 from panoptic_deploy.fileio import atomic_files
 from panoptic_deploy.modeling import PanopticFCN, build_model
+from panoptic_deploy.outputs import output_file, output_folder, refuse_overwriting_inputs
 from panoptic_deploy.panoptic_format import (
     ImageInfo,
     PanopticAnnotation,
@@ -111,7 +112,7 @@ def write_prediction(
     JSON: it is renamed into place last, so a ``NAME.json`` always describes the ``NAME.png`` beside it, and a
     PNG without its JSON is an incomplete prediction.
     """
-    out = Path(output_dir)
+    png, json_path = prediction_paths(output_dir, name)
     document = {
         "file_name": f"{name}.png",
         "height": int(result.panoptic_seg.shape[0]),
@@ -119,8 +120,23 @@ def write_prediction(
         "segments_info": segments_info(result, categories),
     }
     with atomic_files() as files:
-        save_panoptic_png(files.path(out / f"{name}.png"), result.panoptic_seg, name=out / f"{name}.png")
-        files.path(out / f"{name}.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        save_panoptic_png(files.path(png), result.panoptic_seg, name=png)
+        files.path(json_path).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+
+
+def prediction_paths(output_dir: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """The two files :func:`write_prediction` writes for ``name``: ``NAME.png`` and ``NAME.json``."""
+    out = Path(output_dir)
+    return out / f"{name}.png", out / f"{name}.json"
+
+
+def _failure(path: str | os.PathLike[str], exc: Exception) -> str:
+    """One line naming the image: the package's errors as they are (with the path if they lack it), anything
+    else with its type."""
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, PanopticDeployError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if text.startswith(str(path)) else f"{path}: {text}"
 
 
 def predict_files(
@@ -134,17 +150,36 @@ def predict_files(
     categories: CategorySet | str | os.PathLike[str] | None = None,
     coco_json: str | os.PathLike[str] | None = None,
 ) -> list[str]:
-    """Predict every image; returns one message per image that failed (the others are still written).
+    """Predict every image; returns one line per image that failed, naming it (the others are still written).
 
     ``categories``: the model's category set (a :class:`CategorySet`, ``"coco"``/None or a JSON file, see
     :func:`categories.load_category_set`). ``coco_json``: also write one COCO panoptic predictions file
     for all written images (``image_id`` and PNG ``file_name`` from the image's name, dataset category ids)
-    that ``panoptic-deploy pq --pred-json FILE --pred-dir OUTPUT_DIR`` reads."""
+    that ``panoptic-deploy pq --pred-json FILE --pred-dir OUTPUT_DIR`` reads.
+
+    Before anything is read or written: :class:`OutputError` if ``output_dir`` is not a folder, ``coco_json``
+    is a folder, or an output would overwrite an input (an image, the config, the weights, the category file)
+    or another output; :class:`ImageError` if two images share a name. Whatever one image raises (an
+    undecodable or oversized file, an impossible aspect ratio, a bug) is caught, reported and the batch goes
+    on; only an interrupt stops it.
+    """
     cats = categories if isinstance(categories, CategorySet) else load_category_set(categories)
     names = [Path(p).stem for p in images]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ImageError(f"several input images share the name {duplicates[0]!r}; outputs would collide")
+    outputs = [path for name in names for path in prediction_paths(output_dir, name)]
+    output_folder(output_dir, "--output")
+    category_file = None if isinstance(categories, CategorySet) else categories  # a path, "coco" or None
+    inputs = [*images, config, weights, category_file]
+    if coco_json is not None:
+        output_file(coco_json, "--coco-json")
+        if Path(coco_json).resolve() in {p.resolve() for p in outputs}:
+            raise OutputError(
+                f"--coco-json {coco_json}: is also the JSON of a predicted image; choose another path"
+            )
+        outputs.append(Path(coco_json))
+    refuse_overwriting_inputs(outputs, inputs)
     if threads is not None:
         torch.set_num_threads(threads)
     predictor = Predictor.from_files(config, weights, opts, categories=cats)
@@ -159,13 +194,10 @@ def predict_files(
     ):
         try:
             result = predictor.predict_file(path)
-        except ImageError as exc:
-            failures.append(str(exc))
+            write_prediction(result, output_dir, name, cats)
+        except Exception as exc:  # one bad image never stops the batch
+            failures.append(_failure(path, exc))
             continue
-        except PanopticDeployError as exc:
-            failures.append(f"{path}: {exc}")
-            continue
-        write_prediction(result, output_dir, name, cats)
         if coco_json is not None:
             segments = tuple(
                 SegmentInfo(s["id"], s["dataset_category_id"], area=s["area"])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from panoptic_deploy.errors import ImageError
 from panoptic_deploy.modeling.panoptic_fcn import InputParams
@@ -31,20 +31,93 @@ class PreparedImage:
     orig_size: tuple[int, int]
 
 
+# Modes that Pillow's own conversion to RGB handles exactly as detectron2's ``read_image`` does (its
+# ``convert("RGB")``): 8-bit colour or grey, palettes (their colours; transparency is dropped, as there),
+# alpha dropped, 1-bit as 0/255, CMYK / YCbCr / LAB / HSV through Pillow's formulas.
+_PIL_RGB_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
+# 16-bit grey (PNG, TIFF, PGM): Pillow's ``convert("RGB")`` clips these to 255, i.e. all white.
+_UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """A decoded PIL image of any supported mode -> H×W×3 uint8 RGB, scaled, never clipped.
+
+    * 8-bit modes, palettes, alpha, 1-bit, CMYK, YCbCr, LAB, HSV: Pillow's ``convert("RGB")`` (what the
+      official pipeline feeds the network; an alpha channel is dropped, not composited).
+    * 16-bit grey (``I;16*``) and 32-bit integer grey (``I``) with values in 0..65535: the high byte
+      (``v >> 8``), so 65535 -> 255 and an 8-bit value stored as 16 bits (``257 v``) -> ``v``.
+    * 32-bit float grey (``F``) with values in [0, 1]: ``round(255 v)``.
+
+    Anything else (``I``/``F`` outside those ranges, NaN, other modes) raises :class:`ImageError` naming the
+    mode: guessing its scale would give the network a silently wrong image.
+    """
+    mode = image.mode
+    if mode in _PIL_RGB_MODES:
+        if mode == "La":  # premultiplied alpha: Pillow converts it to RGB only through RGBA
+            image = image.convert("RGBA")
+        return np.asarray(image.convert("RGB"))
+    if mode in _UINT16_MODES or mode == "I":
+        values = np.asarray(image)
+        if mode == "I" and values.size and (int(values.min()) < 0 or int(values.max()) > 0xFFFF):
+            raise ImageError(
+                f"unsupported image mode 'I' (32-bit integer) with values {int(values.min())}..."
+                f"{int(values.max())}: only 0..65535 (16-bit) is understood; convert it to 8 or 16 bits"
+            )
+        grey = (values.astype(np.uint32) >> 8).astype(np.uint8)
+    elif mode == "F":
+        values = np.asarray(image)
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0):
+            lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+            raise ImageError(
+                f"unsupported image mode 'F' (32-bit float) with values {lo:g}..{hi:g}"
+                f"{' and NaN/Inf' if not np.isfinite(values).all() else ''}: only [0, 1] is understood; "
+                "convert it to 8 bits"
+            )
+        grey = np.rint(values.astype(np.float64) * 255.0).astype(np.uint8)
+    else:
+        raise ImageError(f"unsupported image mode {mode!r}; convert it to 8-bit RGB or greyscale")
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
 def read_image(path: str | os.PathLike[str], input_format: str = "BGR") -> np.ndarray:
-    """Decode an image file to H×W×3 uint8 in ``input_format`` channel order (EXIF orientation applied)."""
+    """Decode an image file to H×W×3 uint8 in ``input_format`` channel order (EXIF orientation applied).
+
+    The one image reader of the package (prediction, evaluation, calibration, the workflow's start-time
+    check): the whole file is decoded, so a truncated file fails here. Every failure is an
+    :class:`ImageError` of one line naming the file; modes are converted by :func:`to_rgb`. Images over
+    Pillow's decompression-bomb limit (``2 * Image.MAX_IMAGE_PIXELS``, about 179 Mpx) are refused before
+    decoding.
+    """
     try:
         with Image.open(path) as opened:
-            rgb = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+            rgb = to_rgb(ImageOps.exif_transpose(opened))
     except FileNotFoundError as exc:
         raise ImageError(f"{path}: no such image file") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from exc
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused: {_one_line(exc)}") from exc
+    # UnidentifiedImageError, OSError (truncated), ValueError, and what else Pillow's decoders raise on
+    # corrupt files (SyntaxError, struct.error, ...).
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot decode image ({exc.__class__.__name__}: {_one_line(exc)})") from exc
     return np.ascontiguousarray(rgb[:, :, ::-1]) if input_format == "BGR" else rgb
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """ResizeShortestEdge's output (h, w): short side ``min_size``, long side at most ``max_size``."""
+    """ResizeShortestEdge's output (h, w): short side ``min_size``, long side at most ``max_size``.
+
+    :class:`ImageError` if a side would round to 0 pixels: an aspect ratio above about ``2 * max_size`` : 1
+    (1332:1 at the 400/666 test resize) cannot be fed to the network.
+    """
+    if height < 1 or width < 1:
+        raise ImageError(f"image of {width}×{height} pixels (W×H) is empty")
     scale = min_size / min(height, width)
     if height < width:
         new_h, new_w = float(min_size), scale * width
@@ -53,7 +126,14 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
     if max(new_h, new_w) > max_size:
         shrink = max_size / max(new_h, new_w)
         new_h, new_w = new_h * shrink, new_w * shrink
-    return int(new_h + 0.5), int(new_w + 0.5)
+    out_h, out_w = int(new_h + 0.5), int(new_w + 0.5)
+    if out_h < 1 or out_w < 1:
+        raise ImageError(
+            f"image of {width}×{height} pixels (W×H) has too extreme an aspect ratio: the test resize "
+            f"(short side {min_size}, long side at most {max_size}) would make it {out_w}×{out_h}; "
+            f"at most about {2 * max_size}:1 is possible"
+        )
+    return out_h, out_w
 
 
 def padded_shape(height: int, width: int, divisibility: int = 32) -> tuple[int, int]:

@@ -3,7 +3,9 @@
 Everything that can be wrong with the config is checked here, before any job runs, so that a bad config stops
 the workflow with one line naming the key or file and leaves nothing under results/:
 config keys and types (the JSON schema), the model config and its overrides, the checkpoint, the image
-folders (every file must be an image: PIL ``verify()``, headers only), the input sizes, and the backends.
+folders (every file must be an image the package can read: fully decoded by ``preprocess.read_image`` in the
+main Snakemake process, so a truncated file or an unsupported mode stops the run here and not inside a job),
+the input sizes, and the backends.
 
 Model branches: the network is exported with a static input size, so every distinct padded size of the
 evaluation images (under the model config's test resize) is its own branch ``<name>_<H>x<W>`` with its own
@@ -20,13 +22,13 @@ from pathlib import Path
 import jsonschema
 import yaml
 from jsonschema.exceptions import best_match
-from PIL import Image
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 import panoptic_deploy
 from panoptic_deploy.bench import combo_support, default_device
-from panoptic_deploy.errors import ConfigError, PanopticDeployError
+from panoptic_deploy.errors import ConfigError, ImageError, PanopticDeployError
+from panoptic_deploy.preprocess import read_image
 
 PACKAGE_VERSION = panoptic_deploy.__version__
 SCHEMA_PATH = Path(workflow.current_basedir) / ".." / "schemas" / "config.schema.yaml"
@@ -73,21 +75,24 @@ validate_config(config)
 
 
 def verified_images(key, folder):
-    """Sorted image files of ``folder`` (config ``key``): every non-hidden file must be a readable image."""
+    """Sorted image files of ``folder`` (config ``key``): every non-hidden file must be a readable image.
+
+    Each is decoded in full, as the jobs will (a header check such as PIL's ``verify()`` passes a truncated
+    JPEG), but only in the main process: the jobs' own parse of the workflow lists the files without
+    decoding them again.
+    """
     path = Path(folder)
     if not path.is_dir():
         raise ConfigError(f"config key '{key}': image folder '{folder}' does not exist")
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise ConfigError(f"config key '{key}': image folder '{folder}' contains no image")
-    for file in files:
+    for file in files if workflow.is_main_process else ():
         try:
-            with Image.open(file) as image:
-                image.verify()
-        except Exception as exc:  # PIL raises many types (UnidentifiedImageError, SyntaxError, OSError...)
-            raise ConfigError(
-                f"config key '{key}': '{file}' is not a readable image ({type(exc).__name__}: {exc})"
-            ) from None
+            read_image(file)
+        except ImageError as exc:
+            reason = str(exc).removeprefix(f"{file}: ")
+            raise ConfigError(f"config key '{key}': '{file}' is not a readable image: {reason}") from None
     return [str(file) for file in files]
 
 
@@ -136,7 +141,11 @@ def model_branches(eval_images):
         raise ConfigError(f"config keys 'model.config' / 'model.categories': {exc}") from None
     by_size = {}
     for file in eval_images:
-        by_size.setdefault(network_input_shape(*image_size(file), params), []).append(file)
+        try:
+            shape = network_input_shape(*image_size(file), params)
+        except ImageError as exc:  # e.g. an aspect ratio the test resize cannot handle
+            raise ConfigError(f"config key 'evaluation.images': '{file}': {exc}") from None
+        by_size.setdefault(shape, []).append(file)
     pinned = config["model"]["input_sizes"]
     if pinned != "auto":
         allowed = {tuple(size) for size in pinned}

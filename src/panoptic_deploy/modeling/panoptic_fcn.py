@@ -8,6 +8,7 @@ image) is host code in :mod:`panoptic_deploy.postprocess`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -420,8 +421,20 @@ def input_params_from_config(cfg: Any) -> InputParams:
     return InputParams(
         min_size=int(cfg.INPUT.MIN_SIZE_TEST),
         max_size=int(cfg.INPUT.MAX_SIZE_TEST),
-        pixel_mean=tuple(float(v) for v in cfg.MODEL.PIXEL_MEAN),  # type: ignore[arg-type]
-        pixel_std=tuple(float(v) for v in cfg.MODEL.PIXEL_STD),  # type: ignore[arg-type]
+        pixel_mean=_per_channel(cfg.MODEL.PIXEL_MEAN, "MODEL.PIXEL_MEAN", positive=False),
+        pixel_std=_per_channel(cfg.MODEL.PIXEL_STD, "MODEL.PIXEL_STD", positive=True),
         input_format=cfg.INPUT.FORMAT,
         size_divisibility=LEVEL_STRIDES["p5"],
     )
+
+
+def _per_channel(values: Any, key: str, positive: bool) -> tuple[float, float, float]:
+    """3 finite floats from a config list of 3 (or 1, broadcast as detectron2's ``view(-1, 1, 1)`` does);
+    ConfigError naming ``key`` otherwise (``positive``: each must be > 0, it divides)."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    ok = len(numbers) == len(values) in (1, 3) and all(math.isfinite(v) for v in numbers)
+    if not ok or (positive and not all(v > 0 for v in numbers)):
+        what = "finite numbers > 0" if positive else "finite numbers"
+        raise ConfigError(f"{key} must be 3 {what} (one per channel) or 1 for all, got {list(values)!r}")
+    floats = [float(v) for v in numbers] * (3 // len(numbers))
+    return floats[0], floats[1], floats[2]
