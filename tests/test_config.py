@@ -638,7 +638,7 @@ OFFICIAL = {
 
 def test_exactly_the_expected_config_files_ship() -> None:
     names = {p.stem for p in CONFIGS.glob("*.yaml")}
-    assert names == {*OFFICIAL, "PanopticFCN-R50-400-3x-FAST-nodeform"}
+    assert names == {*OFFICIAL, "PanopticFCN-R50-400-3x-FAST-nodeform", "PanopticFCN-R50-demo-scenes"}
     for name in OFFICIAL:
         assert "_BASE_" not in (CONFIGS / f"{name}.yaml").read_text(encoding="utf-8")
 
