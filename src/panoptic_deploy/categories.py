@@ -9,7 +9,6 @@ segment). COCO panoptic JSON carries the COCO category id instead; ``isthing`` p
 from __future__ import annotations
 
 import colorsys
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from panoptic_deploy.errors import PanopticFormatError
+from panoptic_deploy.jsonfiles import read_json
 
 
 @dataclass(frozen=True)
@@ -175,10 +175,7 @@ class CategorySet:
         p = Path(path)
         if not p.is_file():
             raise PanopticFormatError(f"{p}: category file not found")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PanopticFormatError(f"{p}: not valid JSON ({exc})") from None
+        data = read_json(p, "a categories list", PanopticFormatError)
         if isinstance(data, dict):
             if "categories" not in data:
                 raise PanopticFormatError(f"{p}: no 'categories' list")

@@ -41,6 +41,8 @@ def read_json(path: str | os.PathLike[str], what: str, error: type[PanopticDeplo
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise error(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not valid JSON (not UTF-8 text: {exc.reason})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -22,6 +22,7 @@ from PIL import Image
 from panoptic_deploy.categories import CATEGORY_BY_ID, COCO, Category, CategorySet
 from panoptic_deploy.errors import PanopticFormatError
 from panoptic_deploy.fileio import atomic_path, write_text_atomic
+from panoptic_deploy.jsonfiles import read_json
 
 VOID = 0
 MAX_SEGMENT_ID = 256**3 - 1  # the largest id three 8-bit channels can hold
@@ -282,10 +283,7 @@ def load_panoptic_json(path: str | os.PathLike[str], *, require_categories: bool
     p = Path(path)
     if not p.is_file():
         raise PanopticFormatError(f"{p}: JSON file not found")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PanopticFormatError(f"{p}: not valid JSON ({exc})") from None
+    data = read_json(p, "a COCO panoptic JSON", PanopticFormatError)
     return parse_panoptic_json(data, str(p), require_categories=require_categories)
 
 
