@@ -239,6 +239,13 @@ def test_pq_matches_by_image_id_before_file_name(tmp_path: Path) -> None:
         compute_pq(
             gt_json, tmp_path / "ds" / "panoptic", tmp_path / "q.json", tmp_path / "ds" / "panoptic", 1
         )
+    # Two predictions with one file-name stem (other folders, other ids): ambiguous, refused by name.
+    twin = dict(by_stem[1], image_id="copy", file_name="other/" + by_stem[1]["file_name"])
+    (tmp_path / "r.json").write_text(json.dumps({"annotations": [*by_stem, twin]}))
+    with pytest.raises(PanopticFormatError, match=r"r\.json: predictions .* have the same file name stem"):
+        compute_pq(
+            gt_json, tmp_path / "ds" / "panoptic", tmp_path / "r.json", tmp_path / "ds" / "panoptic", 1
+        )
 
 
 def test_category_type_is_unchanged() -> None:

@@ -111,7 +111,7 @@ def test_train_fold_save_strict_load_and_resume(scenes: Path, tmp_path: Path) ->
 
     # Resume: 2 iterations, then 2 more in a separate run, give the same weights and momentum.
     first_half = TrainOptions(
-        device="cpu", workers=0, seed=5, progress=False, log_period=1, max_iter_override=2
+        device="cpu", workers=0, seed=5, progress=False, log_period=1, stop_at_iteration=2
     )
     train(TINY, [scenes], tmp_path / "b.pth", tmp_path / "b", opts, first_half)
     resumed = train(TINY, [scenes], tmp_path / "b.pth", tmp_path / "b", opts, options)

@@ -554,10 +554,7 @@ def make_dataset(
         },
         "images": images,
         "annotations": annotations,
-        "categories": [
-            {"id": c.id, "name": c.name, "isthing": int(c.isthing), "color": list(c.color)}
-            for c in SCENE_CATEGORIES
-        ],
+        "categories": scene_category_set().to_json(),
     }
     write_text_atomic(out / "panoptic.json", json.dumps(data, indent=1) + "\n")
     return DatasetSummary(output=out, images=count, segments=n_segments)

@@ -438,9 +438,15 @@ def compute_pq(
 
     pred_by_image: dict[ImageId, PanopticAnnotation] = {a.image_id: a for a in pred.annotations}
     gt_images = {a.image_id for a in gt.annotations}
-    pred_by_stem: dict[str, PanopticAnnotation] = {
-        Path(a.file_name).stem: a for a in pred.annotations if a.image_id not in gt_images
-    }
+    pred_by_stem: dict[str, PanopticAnnotation] = {}
+    for a in pred.annotations:
+        if a.image_id in gt_images:
+            continue
+        twin = pred_by_stem.setdefault(Path(a.file_name).stem, a)
+        if twin is not a:  # two predictions that file-name matching cannot tell apart
+            raise PanopticFormatError(
+                f"{pred_json}: predictions {twin.describe()} and {a.describe()} have the same file name stem"
+            )
     category_ids = tuple(c.id for c in gt.categories)
     tasks = []
     used: set[ImageId] = set()

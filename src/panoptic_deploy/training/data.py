@@ -26,8 +26,6 @@ from panoptic_deploy.panoptic_format import PanopticAnnotation, load_panoptic_js
 from panoptic_deploy.preprocess import padded_shape, read_image, resized_shape
 from panoptic_deploy.training.targets import BatchTargets, Sample, TargetParams, build_targets
 
-IGNORE_LABEL = 255
-
 
 @dataclass(frozen=True)
 class InputSettings:
@@ -39,6 +37,7 @@ class InputSettings:
     pixel_mean: tuple[float, float, float]
     pixel_std: tuple[float, float, float]
     input_format: str = "BGR"
+    ignore_value: int = 255  # MODEL.IGNORE_VALUE: the void label of the semantic map
 
     @classmethod
     def from_config(cls, cfg: object) -> InputSettings:
@@ -50,6 +49,7 @@ class InputSettings:
             pixel_mean=tuple(float(v) for v in c.MODEL.PIXEL_MEAN),  # type: ignore[attr-defined,arg-type]
             pixel_std=tuple(float(v) for v in c.MODEL.PIXEL_STD),  # type: ignore[attr-defined,arg-type]
             input_format=str(c.INPUT.FORMAT),  # type: ignore[attr-defined]
+            ignore_value=int(c.MODEL.IGNORE_VALUE),  # type: ignore[attr-defined]
         )
 
 
@@ -153,7 +153,7 @@ def make_sample(
         image = image[:, ::-1]
         ids = ids[:, ::-1]
     ids = np.ascontiguousarray(ids).astype(np.int64)
-    semantic = np.full(ids.shape, IGNORE_LABEL, np.int64)
+    semantic = np.full(ids.shape, settings.ignore_value, np.int64)
     classes, masks, boxes = [], [], []
     thing_ids = categories.thing_dataset_id_to_contiguous_id
     stuff_ids = categories.stuff_dataset_id_to_contiguous_id

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ from panoptic_deploy.modeling import PanopticFCN, build_model
 from panoptic_deploy.training.data import Collate, ConcatPanoptic, InputSettings, PanopticDataset
 from panoptic_deploy.training.losses import LossParams, panoptic_losses
 from panoptic_deploy.training.model import (
-    bn_to_frozen_bn,
     forward_heads_batched,
     frozen_bn_to_bn,
     inference_state_dict,
@@ -194,7 +194,9 @@ class TrainOptions:
     half_output: bool = False
     progress: bool = True
     log_period: int = 20
-    max_iter_override: int | None = None
+    # Stop at this iteration with the config's schedule unchanged (an interruption, as a resumable run
+    # meets one); None = run to SOLVER.MAX_ITER.
+    stop_at_iteration: int | None = None
     trainable_bn: bool = True
 
 
@@ -237,7 +239,8 @@ def load_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Opt
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         return int(state["iteration"])
-    except (RuntimeError, KeyError, OSError) as exc:
+    # Whatever a damaged or foreign file raises (unpickling, a non-dict, other parameter groups): one line.
+    except (RuntimeError, KeyError, OSError, EOFError, TypeError, ValueError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"{path}: cannot resume from it ({type(exc).__name__}: {exc})") from None
 
 
@@ -253,13 +256,6 @@ def write_output(model: nn.Module, cfg: CfgNode, path: str | os.PathLike[str], h
         torch.save({"model": state}, tmp)
 
 
-def folded_copy(model: nn.Module, cfg: CfgNode) -> PanopticFCN:
-    """An eval-mode inference model (FrozenBN) with the current weights of a training model."""
-    reference = build_model(cfg)
-    reference.load_state_dict(inference_state_dict(model), strict=True)
-    return reference.eval()
-
-
 def train(
     config: str | os.PathLike[str],
     dataset_dirs: Sequence[str | os.PathLike[str]],
@@ -272,7 +268,7 @@ def train(
     o = options or TrainOptions()
     cfg = load_config(Path(config), opts)
     solver = SolverParams.from_config(cfg)
-    max_iter = solver.max_iter if o.max_iter_override is None else o.max_iter_override
+    max_iter = solver.max_iter if o.stop_at_iteration is None else o.stop_at_iteration
     device = _device(o.device)
     torch.manual_seed(o.seed)
     work = Path(work_dir)
@@ -392,17 +388,3 @@ def train_step(
     out["loss"] = total.detach()
     return out
 
-
-def fold_for_inference(model: nn.Module) -> nn.Module:
-    """In place: every BatchNorm2d becomes a FrozenBatchNorm2d; returns the model in eval mode."""
-    bn_to_frozen_bn(model)
-    return model.eval()
-
-
-def solver_summary(cfg: CfgNode) -> str:
-    p = SolverParams.from_config(cfg)
-    return (
-        f"SGD lr {p.base_lr} momentum {p.momentum}, {p.scheduler} warmup {p.warmup_iters}, "
-        f"{p.max_iter} it x {p.ims_per_batch} images, clip {p.clip_value}, "
-        f"poly {p.poly_power if math.isfinite(p.poly_power) else '-'}"
-    )
