@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,3 +246,19 @@ def test_killed_writer_leaves_a_temp_that_the_next_run_removes(tmp_path: Path) -
     assert [p.name for p in out.iterdir()] == ["w.pth"]
     checkpoint = torch.load(target, map_location="cpu", weights_only=True)
     assert checkpoint["model"] and all(torch.isfinite(v).all() for v in checkpoint["model"].values())
+
+
+def test_host_tag_differs_in_another_pid_namespace() -> None:
+    """A writer in another PID namespace (a container with the same host name) must not look like ours: the
+    sweep would take its live pid for a dead one of this namespace."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    code = "from panoptic_deploy.fileio import host_tag; print(host_tag())"
+    run = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if run.returncode != 0:
+        pytest.skip(f"no new PID namespace here: {run.stderr.strip()[:200]}")
+    assert run.stdout.strip() != host_tag()
+    assert len(run.stdout.strip()) == 8

@@ -46,8 +46,16 @@ _TEMP_NAME = re.compile(
 
 
 def host_tag() -> str:
-    """8 hex digits naming this host in temp names (a hash of the host name)."""
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    """8 hex digits naming this host in temp names: a hash of the host name and the PID namespace.
+
+    The namespace counts because the sweep judges a temp by whether its writer's pid is alive: two containers
+    with one host name but separate process lists would otherwise see each other's live writers as dead.
+    """
+    try:
+        namespace = str(Path("/proc/self/ns/pid").stat().st_ino)
+    except OSError:  # no procfs (not Linux): the host name alone
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}:{namespace}".encode()).hexdigest()[:8]
 
 
 def _temp_prefix(final: Path) -> str:
