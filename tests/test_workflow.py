@@ -85,14 +85,31 @@ def clone_run(src: Path, dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = PARSE_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m snakemake ARGS`` in ``workdir`` with this interpreter first on PATH (jobs use it)."""
+def _snakemake_env() -> dict[str, str]:
+    """The environment with this interpreter first on PATH (the jobs use it)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _start_report_run(workdir: Path) -> subprocess.Popen[bytes]:
+    """``snakemake --cores 1 results/report.md`` in the background, in its own session (to be killed)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "results/report.md"],
+        cwd=workdir,
+        env=_snakemake_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = PARSE_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m snakemake ARGS`` in ``workdir`` with this interpreter first on PATH (jobs use it)."""
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
         cwd=workdir,
-        env=env,
+        env=_snakemake_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -300,17 +317,8 @@ def test_interrupted_run_resumes_through_incomplete_file_handling(clone: Path, o
     cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
     cfg["bench"]["iterations"] = 2  # the benchmarks (and the report) must run again
     _write_config(clone, cfg)
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     incomplete = clone / ".snakemake" / "incomplete"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "results/report.md"],
-        cwd=clone,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _start_report_run(clone)
     killed: str | None = None
     try:
         deadline = time.monotonic() + PARSE_TIMEOUT_S
@@ -361,16 +369,7 @@ def test_killed_job_leaves_no_stray_file_after_the_next_run(clone: Path, ort_key
     cfg["report"] = {"example_image": TINY_EVAL[1]}  # only the report reruns (a few seconds of plotting)
     _write_config(clone, cfg)
     old_report = (clone / "results/report.md").read_text(encoding="utf-8")
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "results/report.md"],
-        cwd=clone,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _start_report_run(clone)
     left: list[str] = []
     try:
         deadline = time.monotonic() + PARSE_TIMEOUT_S
