@@ -40,20 +40,25 @@ def _named_children_recursive(module: nn.Module) -> Iterator[tuple[nn.Module, st
         yield from _named_children_recursive(child)
 
 
+def _copy_norm(src: nn.Module, dst: nn.Module) -> nn.Module:
+    """``dst`` with ``src``'s weight, bias, running mean and variance, on ``src``'s device."""
+    device = None
+    with torch.no_grad():
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            value = getattr(src, key)
+            assert isinstance(value, torch.Tensor), key
+            getattr(dst, key).copy_(value)
+            device = value.device
+    return dst.to(device)
+
+
 def frozen_bn_to_bn(model: nn.Module) -> int:
     """Replace every FrozenBatchNorm2d by a trainable BatchNorm2d with the same statistics; returns count."""
     count = 0
     for parent, name, child in list(_named_children_recursive(model)):
         if isinstance(child, FrozenBatchNorm2d):
             bn = nn.BatchNorm2d(child.num_features, eps=child.eps)
-            assert bn.running_mean is not None and bn.running_var is not None
-            with torch.no_grad():
-                bn.weight.copy_(child.weight)
-                bn.bias.copy_(child.bias)
-                bn.running_mean.copy_(child.running_mean)
-                bn.running_var.copy_(child.running_var)
-            bn.to(child.weight.device)
-            setattr(parent, name, bn)
+            setattr(parent, name, _copy_norm(child, bn))
             count += 1
     return count
 
@@ -66,14 +71,7 @@ def bn_to_frozen_bn(model: nn.Module) -> int:
             if child.eps != 1e-5 or not child.affine:
                 raise ValueError(f"{name}: only affine BatchNorm2d with eps 1e-5 folds exactly into FrozenBN")
             frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            assert child.running_mean is not None and child.running_var is not None
-            with torch.no_grad():
-                frozen.weight.copy_(child.weight.detach())
-                frozen.bias.copy_(child.bias.detach())
-                frozen.running_mean.copy_(child.running_mean)
-                frozen.running_var.copy_(child.running_var)
-            frozen.to(child.weight.device)
-            setattr(parent, name, frozen)
+            setattr(parent, name, _copy_norm(child, frozen))
             count += 1
     return count
 
