@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -114,56 +115,57 @@ def remove_names(text: str, removed: set[str]) -> tuple[str, list[str]]:
     return "\n".join(line for line, k in zip(lines, keep, strict=True) if k), hits
 
 
+def _remove_functions(
+    text: str, describe: Callable[[str, ast.FunctionDef], str | None]
+) -> tuple[str, list[str]]:
+    """Delete every function (with its decorators) for which ``describe(qualified prefix, node)`` returns a
+    description -> (text, the descriptions)."""
+    tree = ast.parse(text)
+    lines = text.split("\n")
+    keep = [True] * len(lines)
+    hits: list[str] = []
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                visit(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, ast.FunctionDef) and (hit := describe(prefix, node)) is not None:
+                start = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1
+                keep[start : node.end_lineno] = [False] * ((node.end_lineno or start) - start)
+                hits.append(hit)
+
+    visit(tree.body, "")
+    return "\n".join(line for line, k in zip(lines, keep, strict=True) if k), hits
+
+
 def remove_dangling_overloads(text: str, classes: list[str]) -> tuple[str, list[str]]:
     """Delete the functions and overloads whose signature names a deleted class (e.g. the overload of
     ``Runtime.deserialize_cuda_engine`` that takes an ``IStreamReader``) -> (text, names of those deleted)."""
     if not classes:
         return text, []
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, classes)) + r")\b")
-    tree = ast.parse(text)
-    lines = text.split("\n")
-    keep = [True] * len(lines)
-    hits: list[str] = []
 
-    def visit(body: list[ast.stmt], prefix: str) -> None:
-        for node in body:
-            if isinstance(node, ast.ClassDef):
-                visit(node.body, f"{prefix}{node.name}.")
-            elif isinstance(node, ast.FunctionDef):
-                signature = f"{ast.unparse(node.args)} -> {ast.unparse(node.returns or ast.Constant(None))}"
-                if pattern.search(signature):
-                    start = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1
-                    keep[start : node.end_lineno] = [False] * ((node.end_lineno or start) - start)
-                    hits.append(prefix + node.name)
+    def describe(prefix: str, node: ast.FunctionDef) -> str | None:
+        signature = f"{ast.unparse(node.args)} -> {ast.unparse(node.returns or ast.Constant(None))}"
+        return prefix + node.name if pattern.search(signature) else None
 
-    visit(tree.body, "")
-    return "\n".join(line for line, k in zip(lines, keep, strict=True) if k), hits
+    return _remove_functions(text, describe)
 
 
 def remove_overloads(text: str, gone: Overloads) -> tuple[str, list[str]]:
     """Delete the overloads of ``gone``'s methods whose parameter names (after ``self``) are one of the
     argument lists that some 11.x release no longer binds -> (text, "Class.method(args)" deleted)."""
-    tree = ast.parse(text)
-    lines = text.split("\n")
-    keep = [True] * len(lines)
-    hits: list[str] = []
 
-    def visit(body: list[ast.stmt], prefix: str) -> None:
-        for node in body:
-            if isinstance(node, ast.ClassDef):
-                visit(node.body, f"{prefix}{node.name}.")
-            elif isinstance(node, ast.FunctionDef) and prefix + node.name in gone:
-                params = tuple(
-                    a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
-                )
-                params = params[1:] if params[:1] == ("self",) else params
-                if params in gone[prefix + node.name]:
-                    start = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1
-                    keep[start : node.end_lineno] = [False] * ((node.end_lineno or start) - start)
-                    hits.append(f"{prefix}{node.name}({', '.join(params)})")
+    def describe(prefix: str, node: ast.FunctionDef) -> str | None:
+        if prefix + node.name not in gone:
+            return None
+        params = tuple(a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs])
+        params = params[1:] if params[:1] == ("self",) else params
+        if params not in gone[prefix + node.name]:
+            return None
+        return f"{prefix}{node.name}({', '.join(params)})"
 
-    visit(tree.body, "")
-    return "\n".join(line for line, k in zip(lines, keep, strict=True) if k), hits
+    return _remove_functions(text, describe)
 
 
 def drop_lone_overload_decorators(text: str) -> str:
