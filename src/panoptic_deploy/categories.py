@@ -288,3 +288,26 @@ def load_category_set(spec: str | os.PathLike[str] | None) -> CategorySet:
     if spec is None or str(spec) == "coco":
         return COCO
     return CategorySet.load(spec)
+
+
+def check_ground_truth_categories(gt: Sequence[Category], model: CategorySet, source: str) -> None:
+    """One-line error unless the ground truth's categories (id, isthing) are the model's category set.
+
+    The workflow plan checks this at start without importing torch; ``bench`` has the same function (to
+    import from here once issue 10 splits bench.py).
+    """
+    gt_keys = sorted((c.id, c.isthing) for c in gt)
+    model_keys = [(c.id, c.isthing) for c in model.categories]
+    if gt_keys == model_keys:
+        return
+    extra = sorted({i for i, _ in gt_keys} - {i for i, _ in model_keys})
+    missing = sorted({i for i, _ in model_keys} - {i for i, _ in gt_keys})
+    detail = f"ids only in the ground truth: {extra[:8]}" if extra else ""
+    if missing:
+        detail += ("; " if detail else "") + f"ids only in the model's set: {missing[:8]}"
+    if not detail:
+        detail = "the same ids differ in isthing"
+    raise PanopticFormatError(
+        f"{source}: ground-truth categories ({len(gt_keys)}) are not the model's category set {model.source} "
+        f"({len(model_keys)}): {detail}"
+    )

@@ -6,7 +6,6 @@ Decode with PIL (EXIF orientation applied) -> BGR uint8 -> ResizeShortestEdge wi
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -15,6 +14,8 @@ import torch
 from PIL import Image, ImageOps
 
 from panoptic_deploy.errors import ImageError
+from panoptic_deploy.geometry import padded_shape as padded_shape  # noqa: PLC0414  (re-exported)
+from panoptic_deploy.geometry import resized_shape as resized_shape  # noqa: PLC0414
 from panoptic_deploy.modeling.panoptic_fcn import InputParams
 
 
@@ -108,37 +109,6 @@ def read_image(path: str | os.PathLike[str], input_format: str = "BGR") -> np.nd
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
-
-
-def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """ResizeShortestEdge's output (h, w): short side ``min_size``, long side at most ``max_size``.
-
-    :class:`ImageError` if a side would round to 0 pixels: an aspect ratio above about ``2 * max_size`` : 1
-    (1332:1 at the 400/666 test resize) cannot be fed to the network.
-    """
-    if height < 1 or width < 1:
-        raise ImageError(f"image of {width}×{height} pixels (W×H) is empty")
-    scale = min_size / min(height, width)
-    if height < width:
-        new_h, new_w = float(min_size), scale * width
-    else:
-        new_h, new_w = scale * height, float(min_size)
-    if max(new_h, new_w) > max_size:
-        shrink = max_size / max(new_h, new_w)
-        new_h, new_w = new_h * shrink, new_w * shrink
-    out_h, out_w = int(new_h + 0.5), int(new_w + 0.5)
-    if out_h < 1 or out_w < 1:
-        raise ImageError(
-            f"image of {width}×{height} pixels (W×H) has too extreme an aspect ratio: the test resize "
-            f"(short side {min_size}, long side at most {max_size}) would make it {out_w}×{out_h}; "
-            f"at most about {2 * max_size}:1 is possible"
-        )
-    return out_h, out_w
-
-
-def padded_shape(height: int, width: int, divisibility: int = 32) -> tuple[int, int]:
-    """Smallest multiple of ``divisibility`` at or above each side."""
-    return math.ceil(height / divisibility) * divisibility, math.ceil(width / divisibility) * divisibility
 
 
 def network_input_shape(height: int, width: int, params: InputParams) -> tuple[int, int]:

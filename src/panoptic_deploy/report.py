@@ -78,10 +78,10 @@ class ReportSummary:
     skipped: int
 
 
-def _row_key(r: BenchResult) -> tuple[str, int, int, str]:
+def _row_key(r: BenchResult) -> tuple[str, str, int, int]:
     backend = BENCH_BACKENDS.index(r.backend) if r.backend in BENCH_BACKENDS else len(BENCH_BACKENDS)
     precision = BENCH_PRECISIONS.index(r.precision) if r.precision in BENCH_PRECISIONS else 9
-    return (r.model, backend, precision, r.device)
+    return (r.model, _where(r), backend, precision)
 
 
 def _label(r: BenchResult, with_model: bool) -> str:
@@ -89,10 +89,20 @@ def _label(r: BenchResult, with_model: bool) -> str:
     return f"{r.model} {text}" if with_model else text
 
 
-def _baseline(rows: Sequence[BenchResult], model: str) -> BenchResult | None:
-    """The torch FP32 row of ``model`` (the speedup baseline)."""
+def _where(r: BenchResult) -> str:
+    """The device a row ran on: the GPU's name, or "CPU" (ONNX Runtime and the CPU torch rows)."""
+    return r.device_name if r.device == "cuda" else "CPU"
+
+
+def _group(r: BenchResult) -> tuple[str, str]:
+    """Rows are grouped by model branch and device: each GPU type is its own table with its own baseline."""
+    return (r.model, _where(r))
+
+
+def _baseline(rows: Sequence[BenchResult], row: BenchResult) -> BenchResult | None:
+    """The torch FP32 row of ``row``'s model on ``row``'s device (the speedup baseline)."""
     for r in rows:
-        if r.model == model and r.backend == "torch" and r.precision == "fp32":
+        if _group(r) == _group(row) and r.backend == "torch" and r.precision == "fp32":
             return r
     return None
 
@@ -159,7 +169,7 @@ def _table(rows: Sequence[BenchResult], with_model: bool) -> list[str]:
         header.append("PQ vs ground truth")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        base = _baseline(rows, r.model)
+        base = _baseline(rows, r)
         speedup = base.latency.network.p50_ms / r.latency.network.p50_ms if base is not None else None
         pan = r.accuracy.panoptic
         gpu_mb = (
@@ -522,12 +532,18 @@ def _report_text(
         "## Results",
         "",
     ]
-    for model in models:
-        model_rows = [r for r in rows if r.model == model]
+    groups = sorted({_group(r) for r in rows})
+    several_devices = len({where for _, where in groups}) > 1
+
+    def heading(model: str, where: str) -> str:
+        return f"### {model} on {where}" if several_devices else f"### {model}"
+
+    for model, where in groups:
+        model_rows = [r for r in rows if _group(r) == (model, where)]
         first = model_rows[0]
         settings = first.settings
         lines += [
-            f"### {model}",
+            heading(model, where),
             "",
             f"Input {first.input_shape[2]}x{first.input_shape[3]} (H x W), {len(settings.images)} evaluation "
             f"image(s), {settings.warmup} warm-up and {settings.iterations} timed run(s) per row.",
@@ -535,8 +551,7 @@ def _report_text(
             *_table(model_rows, False),
             "",
         ]
-        base = _baseline(model_rows, model)
-        if base is None:
+        if _baseline(model_rows, first) is None:
             lines += ["No torch FP32 row for this model, so no speedup column.", ""]
         notes = [(r, note) for r in model_rows for note in r.notes]
         if notes:
@@ -581,6 +596,7 @@ def _report_text(
         "Bool/int outputs: mismatches / compared.",
         "",
     ]
-    for model in models:
-        lines += [f"### {model}", "", *_error_table([r for r in rows if r.model == model], False), ""]
+    for model, where in groups:
+        group_rows = [r for r in rows if _group(r) == (model, where)]
+        lines += [heading(model, where), "", *_error_table(group_rows, False), ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -1,28 +1,31 @@
-# Stage bench: latency, throughput, memory and accuracy against the torch FP32 reference, per backend ×
-# precision × model branch. A benchmark asks for bench.threads cores so that, with --cores <= bench.threads,
-# nothing else runs beside it; GPU benchmarks also hold the gpu resource (run with --resources gpu=1).
+# Stage bench: latency, throughput, memory and accuracy against the torch FP32 reference, per device ×
+# backend × precision × model branch: results/bench/<device>/<backend>/<model>.<precision>.json, device =
+# cpu or a GPU type of config 'gpus'. A benchmark asks for bench.threads cores so that, with --cores <=
+# bench.threads, nothing else runs beside it. The *_gpu rules are the same jobs on a GPU type: they hold
+# gpu=1 of that gpu_model (the SLURM executor asks for --gpus=<type>:1), run in the TensorRT environment, and
+# the job checks that the card it got is of that type. Separate rules rather than wildcard-dependent
+# resources: static resources keep the dry run of a 900-job plan within seconds.
 
 
 rule bench_torch:
     input:
         unpack(torch_bench_inputs),
     output:
-        "results/bench/{backend}/{model}.{precision}.json",
+        "results/bench/cpu/{backend}/{model}.{precision}.json",
     log:
-        "results/logs/bench_torch/{backend}/{model}.{precision}.log",
+        "results/logs/bench_torch/cpu/{backend}/{model}.{precision}.log",
     benchmark:
-        "results/benchmarks/bench_torch/{backend}/{model}.{precision}.tsv"
+        "results/benchmarks/bench_torch/cpu/{backend}/{model}.{precision}.tsv"
     wildcard_constraints:
         backend=TORCH_BACKEND_PATTERN,
     conda:
-        CONDA_ENV
+        CPU_ENV
     threads: config["bench"]["threads"]
     resources:
-        gpu=bench_gpus,
         mem_mb=4000,
     params:
-        config=config["model"]["config"],
-        opts=model_opts(),
+        config=model_config,
+        opts=model_opts,
         warmup=config["bench"]["warmup"],
         iterations=config["bench"]["iterations"],
         threads=config["bench"]["threads"],
@@ -32,26 +35,42 @@ rule bench_torch:
         "../scripts/bench.py"
 
 
+use rule bench_torch as bench_torch_gpu with:
+    output:
+        "results/bench/{gpu}/{backend}/{model}.{precision}.json",
+    log:
+        "results/logs/bench_torch/{gpu}/{backend}/{model}.{precision}.log",
+    benchmark:
+        "results/benchmarks/bench_torch/{gpu}/{backend}/{model}.{precision}.tsv"
+    conda:
+        GPU_ENV
+    resources:
+        gpu=1,
+        gpu_model=gpu_model,
+        mem_mb=4000,
+
+
 rule bench_engine:
     input:
         unpack(bench_engine_inputs),
     output:
-        "results/bench/{backend}/{model}.{precision}.json",
+        "results/bench/cpu/{backend}/{model}.{precision}.json",
     log:
-        "results/logs/bench_engine/{backend}/{model}.{precision}.log",
+        "results/logs/bench_engine/cpu/{backend}/{model}.{precision}.log",
     benchmark:
-        "results/benchmarks/bench_engine/{backend}/{model}.{precision}.tsv"
+        "results/benchmarks/bench_engine/cpu/{backend}/{model}.{precision}.tsv"
     wildcard_constraints:
-        backend=ENGINE_BACKEND_PATTERN,
+        backend="onnxruntime",
+    group:
+        "engine"
     conda:
-        CONDA_ENV
+        CPU_ENV
     threads: config["bench"]["threads"]
     resources:
-        gpu=bench_gpus,
         mem_mb=4000,
     params:
-        config=config["model"]["config"],
-        opts=model_opts(),
+        config=model_config,
+        opts=model_opts,
         warmup=config["bench"]["warmup"],
         iterations=config["bench"]["iterations"],
         threads=config["bench"]["threads"],
@@ -61,22 +80,42 @@ rule bench_engine:
         "../scripts/bench.py"
 
 
-if TRTEXEC:
+use rule bench_engine as bench_engine_gpu with:
+    output:
+        "results/bench/{gpu}/{backend}/{model}.{precision}.json",
+    log:
+        "results/logs/bench_engine/{gpu}/{backend}/{model}.{precision}.log",
+    benchmark:
+        "results/benchmarks/bench_engine/{gpu}/{backend}/{model}.{precision}.tsv"
+    wildcard_constraints:
+        backend="tensorrt",
+    conda:
+        GPU_ENV
+    resources:
+        gpu=1,
+        gpu_model=gpu_model,
+        mem_mb=4000,
+
+
+if PLAN.trtexec:
 
     rule trtexec_tensorrt:
         """NVIDIA trtexec times the same engine file (the C++ path): its GPU compute time beside ours."""
         input:
-            engine=f"results/engines/tensorrt/{DEVICE_KEYS['tensorrt']}/{{model}}.{{precision}}.engine",
+            engine="results/engines/tensorrt/{gpu}/{model}.{precision}.engine",
         output:
-            f"results/trtexec/{DEVICE_KEYS['tensorrt']}/{{model}}.{{precision}}.json",
+            "results/trtexec/{gpu}/{model}.{precision}.json",
         log:
-            "results/logs/trtexec_tensorrt/{model}.{precision}.log",
+            "results/logs/trtexec_tensorrt/{gpu}/{model}.{precision}.log",
         benchmark:
-            "results/benchmarks/trtexec_tensorrt/{model}.{precision}.tsv"
+            "results/benchmarks/trtexec_tensorrt/{gpu}/{model}.{precision}.tsv"
+        group:
+            "engine"
         conda:
-            CONDA_ENV
+            GPU_ENV
         resources:
             gpu=1,
+            gpu_model=gpu_model,
             mem_mb=4000,
         params:
             iterations=config["tensorrt"]["trtexec_iterations"],

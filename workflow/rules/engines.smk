@@ -1,22 +1,28 @@
-# Stage engines: one engine per backend × model branch × precision, built from the precision's ONNX model,
-# each with a JSON sidecar (backend and version, device, input shape, build time, size, source ONNX hash).
-# The folder is keyed by backend version and device (common.device_key), so engines built elsewhere are never
-# picked up.
+# Stage engines: one engine per backend × device × model branch × precision, built from the precision's ONNX
+# model, each with a JSON sidecar (backend and version, device with driver, input shape, build time, size,
+# source ONNX hash). ONNX Runtime engines are CPU ones (results/engines/onnxruntime/cpu/); TensorRT engines
+# go under their GPU type of config 'gpus' (results/engines/tensorrt/<gpu>/), and the job checks that the
+# card it got is of that type. The bench job refuses an engine whose sidecar names another backend version
+# or device than the one it runs with.
+# group "engine": on a cluster the engine, its benchmark and its trtexec check run as one job on one node
+# (the one that built it), so a plan is never timed on another card of the same type.
 
-if "onnxruntime" in ENGINE_BACKENDS:
+if "onnxruntime" in PLAN.engine_backends:
 
     rule engine_onnxruntime:
         input:
             onnx=precision_onnx,
         output:
-            engine=f"results/engines/onnxruntime/{DEVICE_KEYS['onnxruntime']}/{{model}}.{{precision}}.onnx",
-            sidecar=f"results/engines/onnxruntime/{DEVICE_KEYS['onnxruntime']}/{{model}}.{{precision}}.onnx.json",
+            engine="results/engines/onnxruntime/cpu/{model}.{precision}.onnx",
+            sidecar="results/engines/onnxruntime/cpu/{model}.{precision}.onnx.json",
         log:
             "results/logs/engine_onnxruntime/{model}.{precision}.log",
         benchmark:
             "results/benchmarks/engine_onnxruntime/{model}.{precision}.tsv"
+        group:
+            "engine"
         conda:
-            CONDA_ENV
+            CPU_ENV
         resources:
             mem_mb=3000,
         params:
@@ -26,29 +32,32 @@ if "onnxruntime" in ENGINE_BACKENDS:
             "../scripts/engine_onnxruntime.py"
 
 
-if "tensorrt" in ENGINE_BACKENDS:
+if "tensorrt" in PLAN.engine_backends:
 
     rule engine_tensorrt:
         input:
             onnx=precision_onnx,
         output:
-            engine=f"results/engines/tensorrt/{DEVICE_KEYS['tensorrt']}/{{model}}.{{precision}}.engine",
-            sidecar=f"results/engines/tensorrt/{DEVICE_KEYS['tensorrt']}/{{model}}.{{precision}}.engine.json",
+            engine="results/engines/tensorrt/{gpu}/{model}.{precision}.engine",
+            sidecar="results/engines/tensorrt/{gpu}/{model}.{precision}.engine.json",
         log:
-            "results/logs/engine_tensorrt/{model}.{precision}.log",
+            "results/logs/engine_tensorrt/{gpu}/{model}.{precision}.log",
         benchmark:
-            "results/benchmarks/engine_tensorrt/{model}.{precision}.tsv"
+            "results/benchmarks/engine_tensorrt/{gpu}/{model}.{precision}.tsv"
+        group:
+            "engine"
         conda:
-            CONDA_ENV
+            GPU_ENV
         resources:
             gpu=1,
+            gpu_model=gpu_model,
             mem_mb=8000,
         params:
             input_shape=input_shape,
             workspace_bytes=config["tensorrt"]["workspace_mb"] * 2**20,
             optimization_level=config["tensorrt"]["optimization_level"],
-            # Shared by all builds on this device; not an output (several jobs update it), kept under results/.
-            timing_cache=f"results/engines/tensorrt/{DEVICE_KEYS['tensorrt']}/timing.cache",
+            # Shared by the builds of one GPU type; not an output (several jobs update it under a lock).
+            timing_cache="results/engines/tensorrt/{gpu}/timing.cache",
             version=PACKAGE_VERSION,
         script:
             "../scripts/engine_tensorrt.py"

@@ -5,7 +5,7 @@
 
 rule export_onnx:
     input:
-        weights=WEIGHTS,
+        weights=weights,
         image=first_eval_image,
     output:
         "results/onnx/{model}.onnx",
@@ -14,12 +14,12 @@ rule export_onnx:
     benchmark:
         "results/benchmarks/export_onnx/{model}.tsv"
     conda:
-        CONDA_ENV
+        CPU_ENV
     resources:
         mem_mb=6000,
     params:
-        config=config["model"]["config"],
-        opts=model_opts(),
+        config=model_config,
+        opts=model_opts,
         input_hw=input_hw,
         opset=config["export"]["opset"],
         exporter=config["export"]["exporter"],
@@ -41,12 +41,12 @@ rule simplify_onnx:
     benchmark:
         "results/benchmarks/simplify_onnx/{model}.tsv"
     conda:
-        CONDA_ENV
+        CPU_ENV
     resources:
         mem_mb=3000,
     params:
-        config=config["model"]["config"],
-        opts=model_opts(),
+        config=model_config,
+        opts=model_opts,
         input_hw=input_hw,
         simplifier=config["export"]["simplifier"],
         atol=config["export"]["simplify_atol"],

@@ -15,12 +15,12 @@ rule fp16_onnx:
     benchmark:
         "results/benchmarks/fp16_onnx/{model}.tsv"
     conda:
-        CONDA_ENV
+        CPU_ENV
     resources:
         mem_mb=3000,
     params:
-        config=config["model"]["config"],
-        opts=model_opts(),
+        config=model_config,
+        opts=model_opts,
         input_hw=input_hw,
         data_max=config["fp16"]["data_max"],
         keep_fp32_op_types=config["fp16"]["keep_fp32_op_types"],
@@ -33,7 +33,7 @@ rule fp16_onnx:
 rule calibration_cache:
     input:
         onnx="results/onnx/{model}.sim.onnx",
-        images=CALIBRATION_IMAGES,
+        images=PLAN.calibration_images,
     output:
         "results/calibration/{model}.int8.cache",
     log:
@@ -41,12 +41,12 @@ rule calibration_cache:
     benchmark:
         "results/benchmarks/calibration_cache/{model}.tsv"
     conda:
-        CONDA_ENV
+        CPU_ENV
     resources:
         mem_mb=4000,
     params:
-        config=config["model"]["config"],
-        opts=model_opts(),
+        config=model_config,
+        opts=model_opts,
         input_hw=input_hw,
         method=config["calibration"]["method"],
         percentile=config["calibration"]["percentile"],
@@ -67,11 +67,11 @@ rule int8_onnx:
     benchmark:
         "results/benchmarks/int8_onnx/{model}.tsv"
     conda:
-        CONDA_ENV
+        CPU_ENV
     resources:
         mem_mb=4000,
     params:
-        high_precision=INT8_HIGH_PRECISION,
+        high_precision=PLAN.int8_high_precision,
         exclude_op_types=config["int8"]["exclude_op_types"],
         exclude_nodes=config["int8"]["exclude_nodes"],
         version=PACKAGE_VERSION,

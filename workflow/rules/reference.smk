@@ -12,14 +12,14 @@ rule reference_outputs:
     benchmark:
         "results/benchmarks/reference_outputs/{model}.tsv"
     conda:
-        CONDA_ENV
+        CPU_ENV
     resources:
         mem_mb=4000,
     params:
-        config=config["model"]["config"],
-        opts=model_opts(),
+        config=model_config,
+        opts=model_opts,
         input_hw=input_hw,
-        categories=config["model"]["categories"],
+        categories=model_categories,
         version=PACKAGE_VERSION,
     script:
         "../scripts/reference_outputs.py"

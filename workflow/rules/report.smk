@@ -1,27 +1,27 @@
-# Stage report: results/report.md with the environment, one table row per model branch × backend × precision,
-# plots under results/report/, each branch's example image per row, and one plain line for every combination
-# that could not run on this machine and why (config 'backends' and bench.combo_support); with trtexec, its
-# timing of each TensorRT engine beside ours.
+# Stage report: results/report.md with the environment, one table per model branch × device (the CPU or a
+# GPU type) with a row per backend × precision, plots under results/report/, each branch's example image per
+# row, and one plain line for every combination the plan does not run and why; with trtexec, its timing of
+# each TensorRT engine beside ours.
 
 
 rule report:
     input:
-        bench=bench_files(),
-        trtexec=trtexec_files(),
+        bench=PLAN.bench_files(),
+        trtexec=PLAN.trtexec_files(),
     output:
         report="results/report.md",
         latency="results/report/latency.png",
         accuracy_vs_speed="results/report/accuracy_vs_speed.png",
-        panoptic=expand("results/report/panoptic_{model}.png", model=MODELS),
+        panoptic=expand("results/report/panoptic_{model}.png", model=PLAN.branches),
     log:
         "results/logs/report/report.log",
     benchmark:
         "results/benchmarks/report/report.tsv"
     conda:
-        CONDA_ENV
+        CPU_ENV
     params:
-        example_image=example_image(),
-        skipped=SKIPPED,
+        example_image=PLAN.example_image,
+        skipped=PLAN.skipped_json(),
         version=PACKAGE_VERSION,
     script:
         "../scripts/report.py"

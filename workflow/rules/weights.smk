@@ -10,11 +10,11 @@ rule synthetic_weights:
     benchmark:
         "results/benchmarks/synthetic_weights/{name}.tsv"
     conda:
-        CONDA_ENV
+        CPU_ENV
     params:
-        config=config["model"]["config"],
-        opts=model_opts(),
-        seed=config["model"]["synthetic_seed"],
+        config=synthetic_config,
+        opts=synthetic_opts,
+        seed=synthetic_seed,
         version=PACKAGE_VERSION,
     script:
         "../scripts/synthetic_weights.py"

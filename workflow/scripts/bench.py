@@ -13,6 +13,15 @@ sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
 from panoptic_deploy.bench import run_bench  # noqa: E402
+from panoptic_deploy.gpu import check_gpu  # noqa: E402
+
+# A GPU row (rules *_gpu: a 'gpu' wildcard, a GPU type of config 'gpus') checks the card it got first; a CPU
+# row stays on the CPU even on a GPU node.
+gpu_type = snakemake.wildcards.get("gpu")
+device = "cpu" if gpu_type is None else "cuda"
+if gpu_type is not None:
+    gpu = check_gpu(gpu_type)
+    print(f"GPU {gpu.name} (compute capability {gpu.compute_capability}, driver {gpu.driver})")
 
 result = run_bench(
     snakemake.wildcards.backend,
@@ -26,6 +35,7 @@ result = run_bench(
     sidecar=snakemake.input.get("sidecar"),
     opts=snakemake.params.opts,
     model=snakemake.wildcards.model,
+    device=device,
     warmup=snakemake.params.warmup,
     iterations=snakemake.params.iterations,
     threads=snakemake.params.threads,

@@ -13,6 +13,11 @@ sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
 from panoptic_deploy.engines.tensorrt import build_trt_engine  # noqa: E402
+from panoptic_deploy.gpu import check_gpu  # noqa: E402
+
+# The path names the GPU type; a plan built on another card would be filed under the wrong one.
+gpu = check_gpu(snakemake.wildcards.gpu)
+print(f"GPU {gpu.name} (compute capability {gpu.compute_capability}, driver {gpu.driver})")
 
 sidecar = build_trt_engine(
     snakemake.input.onnx,
@@ -22,5 +27,6 @@ sidecar = build_trt_engine(
     timing_cache_path=snakemake.params.timing_cache,
     input_shape=snakemake.params.input_shape,
     precision=snakemake.wildcards.precision,
+    gpu_type=snakemake.wildcards.gpu,
 )
 print(f"built {snakemake.output.engine} in {sidecar.build_seconds} s")

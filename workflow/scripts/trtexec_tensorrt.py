@@ -13,6 +13,9 @@ sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
 from panoptic_deploy.engines.trtexec import run_trtexec, write_trtexec_check  # noqa: E402
+from panoptic_deploy.gpu import check_gpu  # noqa: E402
+
+check_gpu(snakemake.wildcards.gpu)
 
 check, output = run_trtexec(
     snakemake.input.engine,

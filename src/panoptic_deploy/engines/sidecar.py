@@ -52,6 +52,8 @@ class DeviceInfo:
     kind: str  # "cpu" | "cuda"
     name: str
     compute_capability: str | None  # "major.minor" on CUDA, None on CPU
+    driver: str | None = None  # NVIDIA driver version (NVML) on CUDA
+    gpu_type: str | None = None  # the config 'gpus' type the workflow built the engine for
 
 
 @dataclass(frozen=True)

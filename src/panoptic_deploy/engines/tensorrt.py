@@ -94,11 +94,26 @@ def _require_tensorrt(what: str) -> None:
         raise EngineError(f"{what}: {reason}")
 
 
-def _gpu_info(device: int) -> DeviceInfo:
+def _gpu_info(device: int, gpu_type: str | None = None) -> DeviceInfo:
     major, minor = torch.cuda.get_device_capability(device)
     return DeviceInfo(
-        kind="cuda", name=torch.cuda.get_device_name(device), compute_capability=f"{major}.{minor}"
+        kind="cuda",
+        name=torch.cuda.get_device_name(device),
+        compute_capability=f"{major}.{minor}",
+        driver=_driver_version(),
+        gpu_type=gpu_type,
     )
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver version (NVML), or None where NVML cannot answer."""
+    from panoptic_deploy.gpu import GpuMismatchError, visible_gpus
+
+    try:
+        gpus = visible_gpus()
+    except GpuMismatchError:
+        return None
+    return gpus[0].driver if gpus else None
 
 
 # TensorRT keeps a single logger per process ("TensorRT maintains only a single logger pointer at any
@@ -279,6 +294,7 @@ def build_trt_engine(
     timing_cache_path: str | os.PathLike[str] | None,
     input_shape: Sequence[int],
     precision: str | None = None,
+    gpu_type: str | None = None,
 ) -> EngineSidecar:
     """Build a strongly typed TensorRT engine from ``onnx_path``; write the plan and its sidecar atomically.
 
@@ -288,7 +304,7 @@ def build_trt_engine(
     it is unreadable or from another GPU) and, after the build, merged with what is on disk then and saved
     under a file lock, so concurrent builds keep each other's entries. ``precision``, if given,
     must match what the ONNX graph contains; otherwise it is read from the graph. Builds on the current
-    CUDA device.
+    CUDA device; ``gpu_type`` (the workflow's config 'gpus' type) is recorded in the sidecar.
     """
     onnx_path = Path(onnx_path)
     engine_path = Path(engine_path)
@@ -350,7 +366,7 @@ def build_trt_engine(
     sidecar = make_sidecar(
         backend="tensorrt",
         backend_version=str(trt.__version__),
-        device=_gpu_info(device),
+        device=_gpu_info(device, gpu_type),
         precision=summary.precision,
         input_shape=shape,
         inputs=inputs,
