@@ -324,7 +324,9 @@ def model_branches(spec: ModelSpec, model_cfg: Any, sizes: Mapping[str, tuple[in
     try:
         min_size, max_size = int(model_cfg.INPUT.MIN_SIZE_TEST), int(model_cfg.INPUT.MAX_SIZE_TEST)
     except (AttributeError, TypeError, ValueError) as exc:
-        raise ConfigError(f"config key 'model.config': '{spec.config}': no usable test resize ({exc})") from None
+        raise ConfigError(
+            f"config key 'model.config': '{spec.config}': no usable test resize ({exc})"
+        ) from None
     by_size: dict[tuple[int, int], list[str]] = {}
     for file, (height, width) in sizes.items():
         try:
