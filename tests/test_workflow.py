@@ -460,7 +460,8 @@ def test_demo_dry_run_lists_the_expected_jobs(tmp_path: Path) -> None:
     _write_config(workdir, cfg)
     proc = snakemake(workdir, "--dry-run", "--cores", "1", "results/report.md")
     assert proc.returncode == 0, _combined(proc)
-    # The 16 demo scenes (256×320) pad to one input size: one branch with its ONNX models, 3 engines, a
+    # The 16 demo scenes (256×320, resized to 320×400 by the config's test size, padded to 320×416) give
+    # one input size: one branch with its ONNX models, 3 engines, a
     # reference and 4 benchmarks; the trained checkpoint is an input (no synthetic-weights job); one report.
     assert job_counts(proc.stdout) == {
         "export_onnx": 1,
@@ -475,7 +476,7 @@ def test_demo_dry_run_lists_the_expected_jobs(tmp_path: Path) -> None:
         "report": 1,
     }
     outputs = {p for paths in scheduled(proc.stdout).values() for p in paths}
-    assert {"results/onnx/demo_256x320.onnx", "results/onnx/demo_256x320.int8.onnx"} <= outputs
+    assert {"results/onnx/demo_320x416.onnx", "results/onnx/demo_320x416.int8.onnx"} <= outputs
     assert not (workdir / "results").exists()
 
     # The GPU overlay passes the schema on top of the demo config; without CUDA its extra rows (torch FP16,
