@@ -238,7 +238,7 @@ def test_full_run_produces_every_artifact(tiny_run: Path, ort_key: str) -> None:
 def test_bench_files_validate_and_report_has_every_row(tiny_run: Path, ort_key: str) -> None:
     import jsonschema
 
-    from panoptic_deploy.bench import bench_schema
+    from panoptic_deploy.bench.results import bench_schema
 
     schema = bench_schema()
     rows = []

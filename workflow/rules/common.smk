@@ -26,14 +26,14 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 import panoptic_deploy
-from panoptic_deploy.bench import combo_support, default_device
+from panoptic_deploy.bench.runners import combo_support, default_device
 from panoptic_deploy.errors import ConfigError, ImageError, PanopticDeployError
 from panoptic_deploy.preprocess import read_image
 
 PACKAGE_VERSION = panoptic_deploy.__version__
 SCHEMA_PATH = Path(workflow.current_basedir) / ".." / "schemas" / "config.schema.yaml"
 
-ALL_PRECISIONS = ("fp32", "fp16", "int8")
+from panoptic_deploy.vocab import PRECISIONS as ALL_PRECISIONS
 ENGINE_EXTENSIONS = {"onnxruntime": "onnx", "tensorrt": "engine"}
 
 
@@ -124,8 +124,9 @@ class ModelBranch:
 def model_branches(eval_images):
     """Group the evaluation images by padded network input size -> {branch name: ModelBranch}."""
     from panoptic_deploy.config import load_config
-    from panoptic_deploy.export import image_size, input_params_from_config, model_name
-    from panoptic_deploy.preprocess import network_input_shape
+    from panoptic_deploy.export import model_name
+    from panoptic_deploy.modeling.panoptic_fcn import input_params_from_config
+    from panoptic_deploy.preprocess import image_size, network_input_shape
 
     model_config = config["model"]["config"]
     if not Path(model_config).is_file():
@@ -258,7 +259,7 @@ def model_categories():
 
 CATEGORIES = model_categories()
 if _gt_json is not None:
-    from panoptic_deploy.bench import check_ground_truth_categories
+    from panoptic_deploy.bench.accuracy import check_ground_truth_categories
     from panoptic_deploy.panoptic_format import load_panoptic_json
 
     try:
