@@ -205,7 +205,10 @@ def run_step(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     import onnx
     import onnxruntime  # noqa: F401
 
+    from panoptic_deploy import onnx_utils
     from panoptic_deploy import precision as P
+    from panoptic_deploy.engines.onnxruntime import make_ort_session
+    from panoptic_deploy.precision import calibration, int8
 
     if name.startswith(("fp16_autocast", "int8_", "modelopt_")):
         import modelopt.onnx.autocast
@@ -226,9 +229,9 @@ def run_step(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
         converted = float16.convert_float_to_float16(model, **kwargs)
         out = work / f"mid.{name}.onnx"
         onnx.save(converted, str(out))
-        result["io_dtypes_kept"] = P._io_types(model) == P._io_types(converted)
+        result["io_dtypes_kept"] = onnx_utils.io_types(model) == onnx_utils.io_types(converted)
         try:
-            P.make_ort_session(out, args.threads)
+            make_ort_session(out, args.threads)
             result["ort_loads"] = True
         except Exception as exc:
             result["ort_loads"] = False
@@ -248,9 +251,9 @@ def run_step(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
             providers=["CPUExecutionProvider"],
             extra_options={"symmetric": True},
         )
-        with P._quiet_modelopt():
+        with onnx_utils.quiet_converters():
             for batch in _batches(work):
-                cal.collect_data(P._OneBatch(batch))
+                cal.collect_data(calibration._OneBatch(batch))
             ranges = cal.compute_data()
         amax = {
             k: float(np.abs(np.asarray(v.range_value, dtype=np.float64)).max())
@@ -266,7 +269,7 @@ def run_step(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     elif name == "modelopt_selfcal_max":
         from modelopt.onnx.quantization import quantize
 
-        with P._quiet_modelopt():
+        with onnx_utils.quiet_converters():
             quantize(
                 str(work / "copy" / "mid.sim.onnx"),
                 quantize_mode="int8",
@@ -278,7 +281,7 @@ def run_step(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
                 log_level="WARNING",
             )
         model = onnx.load(str(work / "mid.int8.selfcal.fp32.onnx"))
-        own = dict(P._activation_q_scales(model, {}))
+        own = dict(int8._activation_q_scales(model, {}))
         cached = P.read_calibration_cache(work / "mid.minmax.cache")
         diffs = [
             abs(s - P.trt_scale(cached[k])) / P.trt_scale(cached[k]) for k, s in own.items() if k in cached
@@ -334,7 +337,7 @@ def ort_static_from_cache(work: Path, P: Any) -> dict[str, Any]:
 
 
 def accuracy(work: Path, models: list[str], threads: int) -> dict[str, Any]:
-    from panoptic_deploy.precision import make_ort_session
+    from panoptic_deploy.engines.onnxruntime import make_ort_session
 
     evals = np.load(work / "eval.npy")
     ref_session = make_ort_session(work / "mid.sim.onnx", threads)

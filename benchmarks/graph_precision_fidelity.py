@@ -18,7 +18,8 @@ import json
 import time
 from pathlib import Path
 
-from panoptic_deploy.bench import read_reference, run_bench
+from panoptic_deploy.bench.reference import read_reference
+from panoptic_deploy.bench.run import BenchSpec, run_bench
 from panoptic_deploy.engines.onnxruntime import build_ort_engine
 from panoptic_deploy.export import prepare_verify_inputs
 from panoptic_deploy.modeling import INPUT_NAME
@@ -64,10 +65,10 @@ def main() -> None:
         precision = variant.split("+")[0].split("-")[0]
         engine = args.out / "engines" / f"{variant}.onnx"
         build_ort_engine(onnx_path, engine, precision=precision, threads=args.threads)
-        result = run_bench(
+        result = run_bench(BenchSpec(
             "onnxruntime", precision, config=args.config, reference=reference, images=images, engine=engine,
             output=args.out / f"{variant}.json", warmup=0, iterations=1, threads=args.threads,
-        )  # fmt: skip
+        ))  # fmt: skip
         acc = result.accuracy
         pan = acc.panoptic
         classes = acc.tensors["inst_classes"]

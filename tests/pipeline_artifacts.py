@@ -113,7 +113,7 @@ def reference(factory: pytest.TempPathFactory) -> Artifacts:
     """+ the torch FP32 reference of the three images."""
     art = base(factory)
     if art.reference is None:
-        from panoptic_deploy.bench import write_reference
+        from panoptic_deploy.bench.reference import write_reference
 
         path = art.root / "reference" / f"{MODEL}.npz"
         write_reference(CONFIG, art.weights, art.images, path, INPUT_HW, OPTS, threads=2)
@@ -126,17 +126,17 @@ def benches(factory: pytest.TempPathFactory) -> Artifacts:
     art = engine(factory)
     reference(factory)
     if art.bench_torch is None or art.bench_ort is None:
-        from panoptic_deploy.bench import run_bench
+        from panoptic_deploy.bench.run import BenchSpec, run_bench
 
         assert art.reference is not None
         art.bench_torch = art.root / "bench" / "torch" / f"{MODEL}.fp32.json"
-        run_bench(
+        run_bench(BenchSpec(
             "torch", "fp32", config=CONFIG, opts=OPTS, reference=art.reference, output=art.bench_torch,
             weights=art.weights, images=art.images, device="cpu", warmup=1, iterations=4, threads=2,
-        )  # fmt: skip
+        ))  # fmt: skip
         art.bench_ort = art.root / "bench" / "onnxruntime" / f"{MODEL}.fp32.json"
-        run_bench(
+        run_bench(BenchSpec(
             "onnxruntime", "fp32", config=CONFIG, opts=OPTS, reference=art.reference, output=art.bench_ort,
             engine=art.engine, images=art.images, warmup=1, iterations=4, threads=2,
-        )  # fmt: skip
+        ))  # fmt: skip
     return art

@@ -833,7 +833,8 @@ def test_one_image_reader_for_prediction_evaluation_and_calibration() -> None:
         if path.name != "preprocess.py" and '.convert("RGB")' in path.read_text(encoding="utf-8")
     ]
     assert offenders == []
-    for module in ("bench.py", "precision.py", "predict.py"):  # evaluation, calibration, prediction
+    # evaluation, calibration, prediction
+    for module in ("bench/run.py", "precision/calibration.py", "predict.py"):
         assert "read_image(" in (ROOT / "src" / "panoptic_deploy" / module).read_text(encoding="utf-8")
     # The workflow's start reads image headers only (panoptic_deploy.plan via geometry.image_header_size: it
     # must not decode every image on a login node); the jobs decode through read_image.

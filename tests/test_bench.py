@@ -13,18 +13,13 @@ import pytest
 import torch
 
 import pipeline_artifacts as pa
-from panoptic_deploy.bench import (
-    BenchError,
-    LatencyStats,
-    combo_support,
-    read_bench,
-    read_reference,
-    rle_decode,
-    rle_encode,
-    run_bench,
-)
+from panoptic_deploy.bench.reference import read_reference
+from panoptic_deploy.bench.results import LatencyStats, read_bench, rle_decode, rle_encode
+from panoptic_deploy.bench.run import BenchSpec, run_bench
+from panoptic_deploy.bench.runners import combo_support
 from panoptic_deploy.compare import as_numpy_outputs
 from panoptic_deploy.engines.sidecar import read_sidecar, sidecar_path
+from panoptic_deploy.errors import BenchError
 from panoptic_deploy.export import prepare_verify_inputs
 from panoptic_deploy.modeling import OUTPUT_NAMES
 
@@ -69,7 +64,7 @@ def test_reference_holds_torch_outputs_and_panoptic_results(art: pa.Artifacts) -
 def test_reference_refuses_an_image_of_another_size(art: pa.Artifacts, tmp_path: Path) -> None:
     from PIL import Image
 
-    from panoptic_deploy.bench import write_reference
+    from panoptic_deploy.bench.reference import write_reference
     from panoptic_deploy.errors import ImageError
 
     tall = tmp_path / "tall.png"
@@ -170,10 +165,10 @@ def test_invalid_result_files_are_named(art: pa.Artifacts, tmp_path: Path) -> No
 def test_images_must_be_the_reference_images(art: pa.Artifacts, tmp_path: Path) -> None:
     assert art.reference is not None
     with pytest.raises(BenchError, match=r"reference images \['coffee', 'rocket', 'chelsea'\] differ"):
-        run_bench(
+        run_bench(BenchSpec(
             "torch", "fp32", config=pa.CONFIG, opts=pa.OPTS, reference=art.reference,
             images=art.images[:2], weights=art.weights, device="cpu",
-        )  # fmt: skip
+        ))  # fmt: skip
 
 
 def test_combinations_that_cannot_run_are_refused_with_a_reason(art: pa.Artifacts) -> None:
@@ -190,7 +185,7 @@ def test_combinations_that_cannot_run_are_refused_with_a_reason(art: pa.Artifact
     assert combo_support("tensorrt", "fp32") == tensorrt_available()
     assert art.reference is not None
     with pytest.raises(BenchError, match="cannot run this benchmark here: PyTorch has no INT8 path"):
-        run_bench("torch", "int8", config=pa.CONFIG, reference=art.reference, device="cpu")
+        run_bench(BenchSpec("torch", "int8", config=pa.CONFIG, reference=art.reference, device="cpu"))
 
 
 def test_ground_truth_pq(art: pa.Artifacts, tmp_path: Path) -> None:
@@ -218,16 +213,20 @@ def test_ground_truth_pq(art: pa.Artifacts, tmp_path: Path) -> None:
         write_panoptic_png(tmp_path / "gt" / f"{r.name}.png", seg)
         annotations.append(PanopticAnnotation(k, f"{r.name}.png", tuple(infos)))
     write_panoptic_json(tmp_path / "gt.json", annotations, COCO_CATEGORIES)
-    result = run_bench(
+    result = run_bench(BenchSpec(
         "torch", "fp32", config=pa.CONFIG, opts=pa.OPTS, reference=art.reference, weights=art.weights,
         device="cpu", warmup=0, iterations=1, threads=2, gt_json=tmp_path / "gt.json", gt_dir=tmp_path / "gt",
-    )  # fmt: skip
+    ))  # fmt: skip
     gt = result.ground_truth
     assert gt is not None and gt.num_images == 3
     assert (gt.all.pq, gt.all.sq, gt.all.rq) == (1.0, 1.0, 1.0)
     assert gt.all.n == gt.things.n + gt.stuff.n > 0
     with pytest.raises(BenchError, match="needs both gt_json and gt_dir"):
-        run_bench("torch", "fp32", config=pa.CONFIG, reference=art.reference, gt_json=tmp_path / "gt.json")
+        run_bench(
+            BenchSpec(
+                "torch", "fp32", config=pa.CONFIG, reference=art.reference, gt_json=tmp_path / "gt.json"
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -259,7 +258,7 @@ def test_compile_falls_back_to_the_heads_when_the_whole_network_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """torch.compile itself is replaced: compiling a module "fails" at its first call, a function compiles."""
-    from panoptic_deploy import bench
+    from panoptic_deploy.bench import runners as bench
 
     class CodegenError(RuntimeError):
         pass
@@ -301,6 +300,6 @@ def test_compile_falls_back_to_the_heads_when_the_whole_network_fails(
 
 def test_unknown_compile_mode_is_refused_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(BenchError, match=r"^compile mode 'fast' is not one of default, reduce-overhead, "):
-        run_bench(
+        run_bench(BenchSpec(
             "torch_compile", "fp32", config="no.yaml", reference=tmp_path / "none.npz", compile_mode="fast"
-        )
+        ))  # fmt: skip

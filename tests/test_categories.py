@@ -259,7 +259,9 @@ def test_category_type_is_unchanged() -> None:
 
 
 def test_reference_bench_and_report_use_the_models_categories(tmp_path: Path) -> None:
-    from panoptic_deploy.bench import read_bench, read_reference, run_bench, write_reference
+    from panoptic_deploy.bench.reference import read_reference, write_reference
+    from panoptic_deploy.bench.results import read_bench
+    from panoptic_deploy.bench.run import BenchSpec, run_bench
     from panoptic_deploy.panoptic_format import write_panoptic_json
     from panoptic_deploy.report import write_report
 
@@ -280,11 +282,11 @@ def test_reference_bench_and_report_use_the_models_categories(tmp_path: Path) ->
             assert cats.dataset_id(s["category_id"], s["isthing"]) == s["dataset_category_id"]
 
     out = tmp_path / "bench.json"
-    result = run_bench(
+    result = run_bench(BenchSpec(
         "torch", "fp32", config=CONFIG, opts=opts, reference=tmp_path / "ref.npz", weights=weights,
         device="cpu", warmup=0, iterations=1, threads=2, gt_json=ds / "panoptic.json", gt_dir=ds / "panoptic",
         output=out,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert result.accuracy.panoptic.pq == 1.0  # torch FP32 against its own reference
     assert result.ground_truth is not None and result.ground_truth.num_images == 2
     back = read_bench(out)
@@ -296,10 +298,10 @@ def test_reference_bench_and_report_use_the_models_categories(tmp_path: Path) ->
     write_panoptic_json(other, [], COCO.categories)
     other.write_text(json.dumps(dict(json.loads(other.read_text()), annotations=data["annotations"])))
     with pytest.raises(PanopticDeployError, match="not the model's category set") as info:
-        run_bench(
+        run_bench(BenchSpec(
             "torch", "fp32", config=CONFIG, opts=opts, reference=tmp_path / "ref.npz", weights=weights,
             device="cpu", warmup=0, iterations=1, gt_json=other, gt_dir=ds / "panoptic",
-        )  # fmt: skip
+        ))  # fmt: skip
     assert "\n" not in str(info.value)
 
     summary = write_report([out], tmp_path / "report.md", plots_dir=tmp_path / "plots")

@@ -17,8 +17,9 @@ from onnx import numpy_helper
 from PIL import Image
 
 import pipeline_artifacts as pa
-from panoptic_deploy import compare, export
+from panoptic_deploy import compare
 from panoptic_deploy.compare import ErrorAccumulator, Tolerance, match_instances, tolerance_failures
+from panoptic_deploy.engines.onnxruntime import make_ort_session
 from panoptic_deploy.errors import ExportError, ImageError
 from panoptic_deploy.export import (
     SIMPLIFIER_METADATA_KEY,
@@ -30,8 +31,8 @@ from panoptic_deploy.export import (
     read_simplifier,
     simplify_onnx,
 )
+from panoptic_deploy.export import onnx_export as export
 from panoptic_deploy.modeling import OUTPUT_NAMES
-from panoptic_deploy.precision import make_ort_session
 
 # ---------------------------------------------------------------------------------------------------------
 # The real export (shared with test_bench / test_report through tests/pipeline_artifacts.py)

@@ -28,17 +28,17 @@ onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
 from panoptic_deploy.config import load_config  # noqa: E402
+from panoptic_deploy.engines.onnxruntime import make_ort_session  # noqa: E402
 from panoptic_deploy.modeling import HeadOutputs, PanopticFCN, build_model  # noqa: E402
 from panoptic_deploy.modeling.panoptic_fcn import CENTER_POOL_SIZES, centre_peaks  # noqa: E402
 from panoptic_deploy.precision import (  # noqa: E402
     SELECTION_OP_TYPES,
-    _bypass_selection_qdq,
     calibrate,
     convert_fp16,
-    make_ort_session,
     quantize_int8,
     selection_only_nodes,
 )
+from panoptic_deploy.precision.int8 import _bypass_selection_qdq  # noqa: E402
 
 CONFIG = Path(__file__).parents[1] / "configs" / "PanopticFCN-R50-400-3x-FAST-nodeform.yaml"
 OPTS = ["MODEL.KERNEL_HEAD.CONVS_DIM", "64", "MODEL.FEATURE_ENCODER.CONVS_DIM", "32"]

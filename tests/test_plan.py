@@ -14,7 +14,8 @@ from PIL import Image
 
 from panoptic_deploy.errors import ConfigError
 from panoptic_deploy.gpu import GpuIdentity, GpuMismatchError, _cuda_visible, check_gpu, gpu_matches
-from panoptic_deploy.plan import CPU, BenchRow, plan, read_model_sheet
+from panoptic_deploy.model_sheet import read_model_sheet
+from panoptic_deploy.plan import CPU, BenchRow, plan
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -151,13 +152,15 @@ def test_model_sheet(tmp_path: Path) -> None:
 
 def test_the_vocabulary_and_geometry_agree_with_the_package() -> None:
     from panoptic_deploy import plan as plan_module
-    from panoptic_deploy.bench import BENCH_BACKENDS, BENCH_PRECISIONS
     from panoptic_deploy.geometry import SIZE_DIVISIBILITY, padded_input_size
     from panoptic_deploy.modeling.panoptic_fcn import LEVEL_STRIDES, InputParams
     from panoptic_deploy.preprocess import network_input_shape
+    from panoptic_deploy.vocab import BENCH_BACKENDS, ENGINE_BACKENDS, PRECISIONS, TORCH_BACKENDS
 
-    assert (*plan_module.TORCH_BACKENDS, *plan_module.ENGINE_BACKENDS) == tuple(BENCH_BACKENDS)
-    assert tuple(BENCH_PRECISIONS) == plan_module.PRECISIONS
+    # The plan uses the package's one vocabulary (vocab.py), not copies of it.
+    assert (plan_module.TORCH_BACKENDS, plan_module.ENGINE_BACKENDS) == (TORCH_BACKENDS, ENGINE_BACKENDS)
+    assert (*TORCH_BACKENDS, *ENGINE_BACKENDS) == BENCH_BACKENDS
+    assert plan_module.PRECISIONS is PRECISIONS
     assert LEVEL_STRIDES["p5"] == SIZE_DIVISIBILITY
     params = InputParams(min_size=400, max_size=666)
     for hw in ((480, 640), (640, 427), (1, 1000), (333, 333)):

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from panoptic_deploy import cli
 from panoptic_deploy.categories import CATEGORY_BY_ID, Category
+from panoptic_deploy.cli.tools import run_pq_command
 from panoptic_deploy.errors import PanopticFormatError
 from panoptic_deploy.panoptic_format import (
     PanopticAnnotation,
@@ -21,7 +22,7 @@ from panoptic_deploy.panoptic_format import (
     write_panoptic_json,
     write_panoptic_png,
 )
-from panoptic_deploy.pq import PQResult, PQStat, compute_pq, pq_between, pq_from_arrays, run_pq_command
+from panoptic_deploy.pq import PQResult, PQStat, compute_pq, pq_between, pq_from_arrays
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference" / "dcn"
 

@@ -22,6 +22,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from panoptic_deploy.engines.onnxruntime import make_ort_session, needs_unoptimized_session
 from panoptic_deploy.precision import (
     CACHE_MAGIC,
     PrecisionError,
@@ -30,8 +31,6 @@ from panoptic_deploy.precision import (
     entropy_amax,
     format_tensorrt_cache,
     load_calibration_cache,
-    make_ort_session,
-    needs_unoptimized_session,
     quantize_int8,
     read_calibration_cache,
 )
@@ -547,7 +546,7 @@ def test_q_scales_map_back_through_a_retargeted_cast() -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from panoptic_deploy.precision import _activation_q_scales
+    from panoptic_deploy.precision.int8 import _activation_q_scales
 
     scale = np.float32(np.random.default_rng(11).uniform(0.01, 1.0))  # seed 11: any scale in (0.01, 1) does
     graph = helper.make_graph(

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 import pipeline_artifacts as pa
-from panoptic_deploy.bench import BenchError, read_bench
+from panoptic_deploy.bench.results import read_bench
+from panoptic_deploy.errors import BenchError
 from panoptic_deploy.report import SkippedCombo, skipped_from_json, write_report
 
 SKIPPED = [
@@ -177,7 +178,7 @@ def test_skipped_entries_are_checked() -> None:
     [(10.0, 150.0, "linear"), (10.0, 199.0, "linear"), (10.0, 201.0, "log"), (0.0, 300.0, "log")],
 )
 def test_latency_axis_is_logarithmic_beyond_20x(low: float, high: float, scale: str) -> None:
-    from panoptic_deploy.report import _latency_axis, _new_figure
+    from panoptic_deploy.report.plots import _latency_axis, _new_figure
 
     ax = _new_figure(4.0, 3.0).add_subplot()
     _latency_axis(ax, low, high)

@@ -19,11 +19,8 @@ import torch
 from onnx import TensorProto, helper
 
 from panoptic_deploy.engines import EngineError, EngineSidecar, read_sidecar, sidecar_path
-from panoptic_deploy.engines.tensorrt import (
-    TrtRunner,
-    build_trt_engine,
-    tensorrt_available,
-)
+from panoptic_deploy.engines.tensorrt import build_trt_engine, tensorrt_available
+from panoptic_deploy.engines.tensorrt_runner import TrtRunner
 from tiny_net import TinyNet, export_tiny
 
 REPO = Path(__file__).resolve().parents[1]

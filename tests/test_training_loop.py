@@ -10,7 +10,7 @@ import torch
 from panoptic_deploy.checkpoint import load_weights
 from panoptic_deploy.config import load_config
 from panoptic_deploy.dataset import make_dataset
-from panoptic_deploy.errors import PanopticFormatError
+from panoptic_deploy.errors import CheckpointError, PanopticFormatError
 from panoptic_deploy.modeling import build_model
 from panoptic_deploy.modeling.layers import FrozenBatchNorm2d
 from panoptic_deploy.training.data import Collate, ConcatPanoptic, InputSettings, PanopticDataset
@@ -147,3 +147,41 @@ def test_head_sizes_must_match_the_dataset(scenes: Path) -> None:
     with pytest.raises(PanopticFormatError, match="NUM_CLASSES"):
         PanopticDataset(scenes, InputSettings.from_config(cfg), 5, 5)
     ConcatPanoptic([PanopticDataset(scenes, InputSettings.from_config(cfg), 6, 5)])
+
+def test_fine_tuning_starts_from_model_weights(scenes: Path, tmp_path: Path) -> None:
+    """``MODEL.WEIGHTS`` (detectron2's fine-tuning key) loads a checkpoint into the training model: the BN
+    statistics and every weight start from the file, not from the from-scratch initialisation."""
+    cfg = load_config(TINY)
+    source = build_model(cfg)
+    generator = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():  # a distinctive state: nothing the initialisation would draw
+        for value in source.state_dict().values():
+            value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
+    torch.save({"model": source.state_dict()}, tmp_path / "start.pth")
+    tuned = build_training_model(
+        load_config(TINY, ["MODEL.WEIGHTS", str(tmp_path / "start.pth")]), seed=3, trainable_bn=True
+    )
+    state = inference_state_dict(tuned)
+    assert set(state) == set(source.state_dict())
+    for key, value in source.state_dict().items():
+        assert torch.equal(state[key], value), key
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in tuned.modules())  # still trainable BN
+    # One training step moves the weights away from the file: it trains, it does not only load.
+    out = train(TINY, [scenes], tmp_path / "t.pth", tmp_path / "t",
+                ["MODEL.WEIGHTS", str(tmp_path / "start.pth"), "SOLVER.MAX_ITER", "1"],
+                TrainOptions(device="cpu", workers=0, seed=5, progress=False))  # fmt: skip
+    assert out.finished
+    written = torch.load(tmp_path / "t.pth", weights_only=True)["model"]
+    moved = [k for k, v in source.state_dict().items() if not torch.equal(written[k], v)]
+    assert moved
+    # ... by one small warm-up step (learning rate x warm-up factor, gradients clipped), so every
+    # convolution stays next to the file's values, far from any from-scratch draw.
+    for key, value in source.state_dict().items():
+        if value.ndim == 4:
+            assert (written[key].float() - value).abs().max() < 0.05, key
+    # A checkpoint for another model is the loader's one-line error naming the file.
+    torch.save({"model": {"backbone.nothing": torch.zeros(1)}}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"bad\.pth"):
+        build_training_model(
+            load_config(TINY, ["MODEL.WEIGHTS", str(tmp_path / "bad.pth")]), seed=3, trainable_bn=True
+        )

@@ -241,7 +241,7 @@ def test_full_run_produces_every_artifact(tiny_run: Path, ort_key: str) -> None:
 def test_bench_files_validate_and_report_has_every_row(tiny_run: Path, ort_key: str) -> None:
     import jsonschema
 
-    from panoptic_deploy.bench import bench_schema
+    from panoptic_deploy.bench.results import bench_schema
 
     schema = bench_schema()
     rows = []
@@ -463,7 +463,8 @@ def test_demo_dry_run_lists_the_expected_jobs(tmp_path: Path) -> None:
     _write_config(workdir, cfg)
     proc = snakemake(workdir, "--dry-run", "--cores", "1", "results/report.md")
     assert proc.returncode == 0, _combined(proc)
-    # The 16 demo scenes (256×320) pad to one input size: one branch with its ONNX models, 3 engines, a
+    # The 16 demo scenes (256×320, resized to 320×400 by the config's test size, padded to 320×416) give
+    # one input size: one branch with its ONNX models, 3 engines, a
     # reference and 4 benchmarks; the trained checkpoint is an input (no synthetic-weights job); one report.
     assert job_counts(proc.stdout) == {
         "export_onnx": 1,
@@ -478,7 +479,7 @@ def test_demo_dry_run_lists_the_expected_jobs(tmp_path: Path) -> None:
         "report": 1,
     }
     outputs = {p for paths in scheduled(proc.stdout).values() for p in paths}
-    assert {"results/onnx/demo_256x320.onnx", "results/onnx/demo_256x320.int8.onnx"} <= outputs
+    assert {"results/onnx/demo_320x416.onnx", "results/onnx/demo_320x416.int8.onnx"} <= outputs
     assert not (workdir / "results").exists()
 
     # The GPU overlay passes the schema on top of the demo config and adds its GPU type's torch rows (FP32,
@@ -489,7 +490,7 @@ def test_demo_dry_run_lists_the_expected_jobs(tmp_path: Path) -> None:
     assert gpu.returncode == 0, _combined(gpu)
     assert job_counts(gpu.stdout) == {**job_counts(proc.stdout), "bench_torch_gpu": 4}
     gpu_outputs = {p for paths in scheduled(gpu.stdout).values() for p in paths}
-    assert "results/bench/h100/torch_compile/demo_256x320.fp16.json" in gpu_outputs
+    assert "results/bench/h100/torch_compile/demo_320x416.fp16.json" in gpu_outputs
     bad = workdir / "config" / "bad_overlay.yaml"
     bad.write_text("bench:\n  iterations: 0\n", encoding="utf-8")
     proc = snakemake(workdir, "--dry-run", "--cores", "1", "results/report.md", "--configfile", str(bad))

@@ -293,8 +293,8 @@ def load_category_set(spec: str | os.PathLike[str] | None) -> CategorySet:
 def check_ground_truth_categories(gt: Sequence[Category], model: CategorySet, source: str) -> None:
     """One-line error unless the ground truth's categories (id, isthing) are the model's category set.
 
-    The workflow plan checks this at start without importing torch; ``bench`` has the same function (to
-    import from here once issue 10 splits bench.py).
+    The one home of this check: the workflow plan runs it at start without importing torch, and
+    :func:`panoptic_deploy.bench.accuracy.ground_truth_pq` before it scores.
     """
     gt_keys = sorted((c.id, c.isthing) for c in gt)
     model_keys = [(c.id, c.isthing) for c in model.categories]

@@ -13,7 +13,6 @@ correction on load).
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from collections import OrderedDict
@@ -25,8 +24,7 @@ import numpy as np
 import torch
 
 from panoptic_deploy.errors import CheckpointError
-
-PathLike = str | os.PathLike[str]
+from panoptic_deploy.fileio import PathLike
 
 _TORCH_SUFFIXES = (".pth", ".pt")
 _PICKLE_SUFFIXES = (".pkl",)

@@ -28,9 +28,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from panoptic_deploy.categories import COCO, CategorySet
-from panoptic_deploy.modeling import OUTPUT_NAMES
 from panoptic_deploy.panoptic_format import SegmentInfo, segments_from_model_output
 from panoptic_deploy.pq import IdMap, pq_between
+from panoptic_deploy.vocab import OUTPUT_NAMES
 
 FLOAT_OUTPUTS = ("inst_probs", "inst_scores", "stuff_probs", "stuff_scores")
 DISCRETE_OUTPUTS = ("inst_classes", "inst_valid", "stuff_present")

@@ -12,7 +12,8 @@ Reproduces the merge semantics of detectron2's ``get_cfg()`` + ``add_panopticfcn
   ``None`` may replace or be replaced by a basic value, nothing else (no int->float).
 * Unknown keys are errors.
 * Beyond yacs: the values this package uses are range-checked after merging (sizes, thresholds,
-  counts; :data:`VALUE_RANGES`), naming the file or override that set the bad value.
+  counts; :data:`panoptic_deploy.config_ranges.VALUE_RANGES`), naming the file or override that set the
+  bad value.
 
 Every problem is a :class:`~panoptic_deploy.errors.ConfigError` with one line naming the file
 (or ``command-line override``) and the key.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import ast
 import copy
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from panoptic_deploy.config_defaults import add_panopticfcn_defaults, detectron2_defaults
+from panoptic_deploy.config_ranges import check_value_ranges
 from panoptic_deploy.errors import ConfigError
 
 __all__ = ["OPTS_SOURCE", "CfgNode", "check_yaml_file", "get_default_config", "load_config"]
@@ -242,7 +243,7 @@ def load_config(path: str | Path, opts: Sequence[str] = ()) -> CfgNode:
 
     Raises ConfigError (one line, naming the file or ``command-line override`` and the key) for a
     missing/unreadable file, bad YAML, a ``_BASE_`` cycle, an unknown key, a wrongly typed value or a value
-    out of its range (:data:`VALUE_RANGES`).
+    out of its range (:data:`panoptic_deploy.config_ranges.VALUE_RANGES`).
     """
     cfg = get_default_config()
     origins = cfg._merge_file(path)
@@ -252,79 +253,6 @@ def load_config(path: str | Path, opts: Sequence[str] = ()) -> CfgNode:
     check_value_ranges(cfg, origins)
     cfg.freeze()
     return cfg
-
-
-# --- value ranges (beyond yacs, which checks types only) ----------------------------------------
-
-_MAX_SIZE = 16384
-# key -> (lowest, highest) allowed, for the values this package reads; both ends included. A number out of
-# range would crash deep inside the model (a side resized to 0, a division by a zero std) or silently give
-# nothing (a threshold above 1).
-VALUE_RANGES: dict[str, tuple[float, float]] = {
-    "INPUT.MIN_SIZE_TEST": (1, _MAX_SIZE),
-    "INPUT.MAX_SIZE_TEST": (1, _MAX_SIZE),
-    "MODEL.POSITION_HEAD.THING.THRES": (0.0, 1.0),
-    "MODEL.POSITION_HEAD.STUFF.THRES": (0.0, 1.0),
-    # Each of the 5 levels keeps TOP_NUM // 2 candidates; the kernel fusion is quadratic in their number.
-    "MODEL.POSITION_HEAD.THING.TOP_NUM": (2, 1000),
-    "MODEL.INFERENCE.INST_THRES": (0.0, 1.0),
-    "MODEL.INFERENCE.SIMILAR_THRES": (-1.0, 1.0),  # a cosine
-    "MODEL.INFERENCE.COMBINE.OVERLAP_THRESH": (0.0, 1.0),
-    "MODEL.INFERENCE.COMBINE.STUFF_AREA_LIMIT": (0, 2**31 - 1),
-    "MODEL.INFERENCE.COMBINE.INST_THRESH": (0.0, 1.0),
-    "MODEL.POSITION_HEAD.THING.NUM_CLASSES": (1, 10000),
-    # Label 0 of the stuff map is "things": at least one real stuff class besides it.
-    "MODEL.POSITION_HEAD.STUFF.NUM_CLASSES": (2, 10000),
-    "MODEL.POSITION_HEAD.NUM_CONVS": (1, 64),
-    "MODEL.KERNEL_HEAD.NUM_CONVS": (1, 64),
-    "MODEL.FEATURE_ENCODER.NUM_CONVS": (1, 64),
-    "MODEL.POSITION_HEAD.CONVS_DIM": (1, 65536),
-    "MODEL.KERNEL_HEAD.CONVS_DIM": (1, 65536),
-    "MODEL.FEATURE_ENCODER.CONVS_DIM": (1, 65536),
-    "MODEL.SEMANTIC_FPN.CONVS_DIM": (1, 65536),
-    "MODEL.SEMANTIC_FPN.COMMON_STRIDE": (4, 4),  # the post-processing upsamples stride 4
-    "MODEL.FPN.OUT_CHANNELS": (1, 65536),
-    "MODEL.RESNETS.STEM_OUT_CHANNELS": (1, 65536),
-    "MODEL.RESNETS.RES2_OUT_CHANNELS": (1, 65536),
-    "MODEL.RESNETS.WIDTH_PER_GROUP": (1, 65536),
-}
-# Heads whose convs are followed by GroupNorm(32) when their NORM is "GN": CONVS_DIM must divide by 32.
-_GN_HEADS = ("MODEL.POSITION_HEAD", "MODEL.KERNEL_HEAD", "MODEL.FEATURE_ENCODER", "MODEL.SEMANTIC_FPN")
-_GN_GROUPS = 32
-
-
-def _lookup(cfg: CfgNode, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_value_ranges(cfg: CfgNode, origins: Mapping[tuple[str, ...], str] | None = None) -> None:
-    """ConfigError (one line: where the value was set, the key, the allowed range, the value) for the first
-    value of :data:`VALUE_RANGES` or GroupNorm width out of range. (``MODEL.PIXEL_MEAN``/``PIXEL_STD`` are
-    checked where they are used, :func:`panoptic_deploy.modeling.input_params_from_config`.)"""
-
-    def fail(key: str, message: str) -> None:
-        source = (origins or {}).get(tuple(key.split(".")), "default config")
-        raise ConfigError(f"{source}: {key} {message}")
-
-    for key, (low, high) in VALUE_RANGES.items():
-        value = _lookup(cfg, key)
-        if not _is_number(value) or math.isnan(value) or not low <= value <= high:
-            note = ""
-            if key == "INPUT.MIN_SIZE_TEST" and value == 0:
-                note = " (0, detectron2's 'no test resize', is not supported: the network needs a resize)"
-            bounds = f"{low}" if low == high else f"in [{low}, {high}]"
-            fail(key, f"must be {'' if low == high else 'a number '}{bounds}, got {value!r}{note}")
-    for head in _GN_HEADS:
-        if _lookup(cfg, f"{head}.NORM") == "GN" and _lookup(cfg, f"{head}.CONVS_DIM") % _GN_GROUPS:
-            dim = _lookup(cfg, f"{head}.CONVS_DIM")
-            fail(f"{head}.CONVS_DIM", f"must be a multiple of {_GN_GROUPS} with {head}.NORM 'GN', got {dim}")
 
 
 # --- YAML loading with _BASE_ (fvcore's load_yaml_with_base) ----------------------------------

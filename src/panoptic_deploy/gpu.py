@@ -13,11 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from panoptic_deploy.errors import PanopticDeployError
-
-
-class GpuMismatchError(PanopticDeployError):
-    """No GPU is visible to the job, or it is not of the type the job's output path names."""
+from panoptic_deploy.errors import GpuMismatchError
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,11 @@ file where a file is. Every problem is one :class:`OutputError` line naming the 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from panoptic_deploy.errors import OutputError
-
-PathLike = str | os.PathLike[str]
+from panoptic_deploy.fileio import PathLike
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -8,53 +8,25 @@ config, and each job that needs a device checks the one it got (:mod:`panoptic_d
 Branches: the network is exported with a static input size, so every distinct padded size of the evaluation
 images (under a model's test resize) is a branch ``<model>_<H>x<W>`` with its own ONNX models, engines and
 benchmarks, evaluated on the images of that size. Models come from config ``model`` (one) or from the model
-sheet ``models`` (a TSV, one row per model).
+sheet ``models`` (a TSV, one row per model; :mod:`panoptic_deploy.model_sheet`).
 
-The backend and precision names below are this module's own until the vocabulary has one home
-(``vocab.py``, issue 10); they must equal ``bench.BENCH_BACKENDS`` / ``BENCH_PRECISIONS`` (test_plan checks).
+The backend and precision names and the engine file extensions come from :mod:`panoptic_deploy.vocab`.
 """
 
 from __future__ import annotations
 
-import csv
-import os
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from panoptic_deploy.errors import ConfigError, ImageError, PanopticDeployError
 from panoptic_deploy.geometry import image_header_size, padded_input_size
+from panoptic_deploy.model_sheet import ModelEntry, model_entries
+from panoptic_deploy.vocab import ENGINE_BACKENDS, ENGINE_EXTENSIONS, PRECISIONS, TORCH_BACKENDS
 
-PRECISIONS = ("fp32", "fp16", "int8")
-TORCH_BACKENDS = ("torch", "torch_compile")
-ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
-ENGINE_EXTENSIONS = {"onnxruntime": "onnx", "tensorrt": "engine"}
 CPU = "cpu"  # the device name of CPU rows (every other device is a GPU type of config 'gpus')
-# Columns of the model sheet: name and config are required; an empty cell takes the 'model:' default.
-SHEET_COLUMNS = ("name", "config", "checkpoint", "opts", "categories")
-SHEET_REQUIRED = ("name", "config")
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 ReadSize = Callable[[Path], tuple[int, int]]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model: a row of the model sheet, or config 'model'."""
-
-    name: str
-    config: str
-    checkpoint: str | None  # None: synthetic weights (results/weights/<name>.pth)
-    opts: tuple[str, ...]
-    categories: str  # "coco" or a JSON file
-    synthetic_seed: int
-    input_sizes: str | tuple[tuple[int, int], ...]  # "auto" or the pinned [H, W] sizes
-
-    @property
-    def weights(self) -> str:
-        return self.checkpoint or f"results/weights/{self.name}.pth"
 
 
 @dataclass(frozen=True)
@@ -122,7 +94,7 @@ def engine_path(backend: str, device: str, branch: str, precision: str) -> str:
 class Plan:
     """Everything the rules need; built once per parse by :func:`plan`."""
 
-    models: dict[str, ModelSpec]
+    models: dict[str, ModelEntry]
     branches: dict[str, Branch]
     eval_images: tuple[str, ...]
     calibration_images: tuple[str, ...]
@@ -141,7 +113,7 @@ class Plan:
     def branch(self, name: str) -> Branch:
         return self.branches[name]
 
-    def model_of(self, branch: str) -> ModelSpec:
+    def model_of(self, branch: str) -> ModelEntry:
         return self.models[self.branches[branch].model]
 
     def bench_files(self) -> list[str]:
@@ -159,96 +131,6 @@ class Plan:
 
     def skipped_json(self) -> list[dict[str, str]]:
         return [s.to_json() for s in self.skipped]
-
-
-# --------------------------------------------------------------------------------------------------------
-# Models
-
-
-def _opts(values: Iterable[Any]) -> tuple[str, ...]:
-    """Model-config overrides as strings (YAML may give numbers or booleans)."""
-    return tuple(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
-
-
-def _pinned(sizes: Any) -> str | tuple[tuple[int, int], ...]:
-    return "auto" if sizes == "auto" else tuple((int(h), int(w)) for h, w in sizes)
-
-
-def read_model_sheet(path: str | os.PathLike[str], defaults: Mapping[str, Any]) -> list[ModelSpec]:
-    """The rows of a model sheet (tab-separated, a header row, ``#`` comments); ``defaults``: config 'model'.
-
-    ``opts`` is a space-separated KEY VALUE list; an empty ``checkpoint`` means synthetic weights and an
-    empty ``categories`` the 'model.categories' default.
-    """
-    sheet = Path(path)
-    if not sheet.is_file():
-        raise ConfigError(f"config key 'models': model sheet '{sheet}' does not exist")
-    lines = [line for line in sheet.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
-    reader = csv.DictReader([line for line in lines if line.strip()], delimiter="\t")
-    header = tuple(reader.fieldnames or ())
-    missing = [c for c in SHEET_REQUIRED if c not in header]
-    unknown = [c for c in header if c not in SHEET_COLUMNS]
-    if missing or unknown:
-        what = f"lacks column(s) {', '.join(missing)}" if missing else f"has unknown column(s) {unknown}"
-        raise ConfigError(
-            f"config key 'models': '{sheet}' {what} (columns: {', '.join(SHEET_COLUMNS)}, tab-separated)"
-        )
-    specs = []
-    for number, row in enumerate(reader, start=2):
-        if None in row or any(v is None for v in row.values()):
-            raise ConfigError(
-                f"config key 'models': '{sheet}' row {number}: not {len(header)} tab-separated cells"
-            )
-        cells = {k: (v or "").strip() for k, v in row.items()}
-        for column in SHEET_REQUIRED:
-            if not cells[column]:
-                raise ConfigError(f"config key 'models': '{sheet}' row {number}: empty '{column}'")
-        specs.append(
-            ModelSpec(
-                name=cells["name"],
-                config=cells["config"],
-                checkpoint=cells.get("checkpoint") or None,
-                opts=tuple(cells.get("opts", "").split()),
-                categories=cells.get("categories") or str(defaults["categories"]),
-                synthetic_seed=int(defaults["synthetic_seed"]),
-                input_sizes=_pinned(defaults["input_sizes"]),
-            )
-        )
-    if not specs:
-        raise ConfigError(f"config key 'models': model sheet '{sheet}' has no model row")
-    return specs
-
-
-def _model_specs(config: Mapping[str, Any]) -> dict[str, ModelSpec]:
-    model = config["model"]
-    if config.get("models"):
-        specs = read_model_sheet(config["models"], model)
-    else:
-        specs = [
-            ModelSpec(
-                name=model["name"],
-                config=model["config"],
-                checkpoint=model["checkpoint"],
-                opts=_opts(model["opts"]),
-                categories=model["categories"],
-                synthetic_seed=int(model["synthetic_seed"]),
-                input_sizes=_pinned(model["input_sizes"]),
-            )
-        ]
-    out: dict[str, ModelSpec] = {}
-    for spec in specs:
-        key = "models" if config.get("models") else "model.name"
-        if not _NAME.fullmatch(spec.name):
-            raise ConfigError(
-                f"config key '{key}': model name {spec.name!r}: letters, digits, '-' and '_' only"
-            )
-        if spec.name in out:
-            raise ConfigError(f"config key '{key}': two models are named '{spec.name}'")
-        if spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
-            which = "models" if config.get("models") else "model.checkpoint"
-            raise ConfigError(f"config key '{which}': checkpoint '{spec.checkpoint}' does not exist")
-        out[spec.name] = spec
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -282,7 +164,7 @@ def _sizes(key: str, files: Sequence[str], read_size: ReadSize) -> dict[str, tup
 # Branches
 
 
-def _load_model_config(spec: ModelSpec) -> Any:
+def _load_model_config(spec: ModelEntry) -> Any:
     """The model config with its overrides (parsed once per model: the _BASE_ chain is YAML to read)."""
     from panoptic_deploy.config import load_config
 
@@ -294,7 +176,7 @@ def _load_model_config(spec: ModelSpec) -> Any:
         raise ConfigError(f"config key 'model.config' / 'model.opts': {exc}") from None
 
 
-def _check_categories(spec: ModelSpec, model_cfg: Any, gt_json: str | None, cache: dict[str, Any]) -> None:
+def _check_categories(spec: ModelEntry, model_cfg: Any, gt_json: str | None, cache: dict[str, Any]) -> None:
     """The category set loads, the model config's heads fit it, and the ground truth uses it."""
     from panoptic_deploy.categories import check_ground_truth_categories, load_category_set
 
@@ -319,7 +201,7 @@ def _check_categories(spec: ModelSpec, model_cfg: Any, gt_json: str | None, cach
             raise ConfigError(f"config keys 'evaluation.gt_json' / 'model.categories': {exc}") from None
 
 
-def model_branches(spec: ModelSpec, model_cfg: Any, sizes: Mapping[str, tuple[int, int]]) -> list[Branch]:
+def model_branches(spec: ModelEntry, model_cfg: Any, sizes: Mapping[str, tuple[int, int]]) -> list[Branch]:
     """Group the evaluation images by padded network input size under the test resize of ``model_cfg``."""
     try:
         min_size, max_size = int(model_cfg.INPUT.MIN_SIZE_TEST), int(model_cfg.INPUT.MAX_SIZE_TEST)
@@ -444,7 +326,7 @@ def plan(config: Mapping[str, Any], read_size: ReadSize = image_header_size) -> 
     Reads the model configs, the category files and the image headers (``read_size``), never pixels: a
     truncated image that still has its end marker is found by the first job that decodes it.
     """
-    models = _model_specs(config)
+    models = model_entries(config)
     eval_images = list_images("evaluation.images", config["evaluation"]["images"])
     stems = [Path(f).stem for f in eval_images]
     for stem in sorted({s for s in stems if stems.count(s) > 1}):

@@ -21,10 +21,8 @@ averages are 0 (the API divides by zero there).
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,6 @@ from numpy.typing import NDArray
 
 from panoptic_deploy.categories import COCO_CATEGORIES, Category
 from panoptic_deploy.errors import PanopticFormatError
-from panoptic_deploy.fileio import write_text_atomic
 from panoptic_deploy.panoptic_format import (
     VOID,
     ImageId,
@@ -494,21 +491,3 @@ def pq_between(
         image = f"image {names[i]}" if names is not None else f"image #{i}"
         stat += pq_from_arrays(ref_ids, ref_segs, pred_ids, pred_segs, category_ids, image=image)
     return PQResult.from_stat(stat, categories, len(ref_pairs))
-
-
-def run_pq_command(
-    *,
-    gt_json: str,
-    gt_dir: str,
-    pred_json: str,
-    pred_dir: str,
-    json_out: str | None = None,
-    workers: int | None = None,
-) -> int:
-    """``panoptic-deploy pq``: print the table, optionally write the JSON result; returns the exit code."""
-    result = compute_pq(gt_json, gt_dir, pred_json, pred_dir, workers=workers)
-    print(result.format_table())
-    if json_out is not None:
-        write_text_atomic(json_out, json.dumps(result.to_json(), indent=2) + "\n")
-        print(f"wrote {json_out}", file=sys.stderr)
-    return 0

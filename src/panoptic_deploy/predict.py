@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from panoptic_deploy.categories import COCO, CategorySet, load_category_set
 from panoptic_deploy.errors import ImageError, OutputError, PanopticDeployError
-from panoptic_deploy.fileio import atomic_files
+from panoptic_deploy.fileio import PathLike, atomic_files
 from panoptic_deploy.modeling import PanopticFCN, build_model
 from panoptic_deploy.outputs import output_file, output_folder, refuse_overwriting_inputs
 from panoptic_deploy.panoptic_format import (
@@ -26,6 +26,7 @@ from panoptic_deploy.panoptic_format import (
 )
 from panoptic_deploy.postprocess import PanopticResult, postprocess
 from panoptic_deploy.preprocess import prepare_image, read_image
+from panoptic_deploy.spec import ModelSpec
 
 
 class Predictor:
@@ -65,21 +66,21 @@ class Predictor:
 
 
 def load_model(
-    config: str | os.PathLike[str],
-    weights: str | os.PathLike[str],
+    config: ModelSpec | PathLike,
+    weights: PathLike,
     opts: Sequence[str] = (),
     device: str | torch.device = "cpu",
     categories: CategorySet | None = None,
 ) -> PanopticFCN:
-    """Eval-mode model of ``config`` with ``weights`` loaded strictly, on ``device``. With ``categories``,
-    the config's head sizes must fit them (one-line error otherwise)."""
+    """Eval-mode model of ``config`` (a :class:`ModelSpec`, or a config file with ``opts``) with ``weights``
+    loaded strictly, on ``device``. With ``categories``, the config's head sizes must fit them (one-line
+    error otherwise)."""
     from panoptic_deploy.checkpoint import load_weights
-    from panoptic_deploy.config import load_config
 
-    cfg = load_config(Path(config), opts)
+    spec = ModelSpec.of(config, opts)
     if categories is not None:
-        categories.check_config(cfg, str(config))
-    model = build_model(cfg)
+        spec.check_categories(categories)
+    model = build_model(spec.cfg)
     load_weights(model, weights)
     return model.to(device).eval()
 

@@ -1,12 +1,19 @@
-"""Test-time pre-processing exactly as the official pipeline (spec §2).
+"""Test-time pre-processing exactly as the official pipeline (spec §2), and the fitting of images to a
+model's static input size.
 
 Decode with PIL (EXIF orientation applied) -> BGR uint8 -> ResizeShortestEdge with PIL bilinear on uint8
 -> float CHW -> (x - mean) / std per channel in tensor order -> zero-pad bottom/right to a multiple of 32.
+
+An exported model has one static input size: :func:`prepare_at_size` refuses an image that pads to another
+size (evaluation and verification images), :func:`fit_to_size` centre-crops or pads one to it (calibration
+images, which need not share the evaluation images' aspect ratio). An image's size from its header and the
+resize geometry live in :mod:`panoptic_deploy.geometry` (torch-free, for the workflow plan).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 from panoptic_deploy.errors import ImageError
+from panoptic_deploy.fileio import PathLike
 from panoptic_deploy.geometry import padded_shape as padded_shape  # noqa: PLC0414  (re-exported)
 from panoptic_deploy.geometry import resized_shape as resized_shape  # noqa: PLC0414
 from panoptic_deploy.modeling.panoptic_fcn import InputParams
@@ -149,3 +157,32 @@ def prepare_image(image: np.ndarray, params: InputParams) -> PreparedImage:
         (resized.shape[0], resized.shape[1]),
         (image.shape[0], image.shape[1]),
     )
+
+
+def prepare_at_size(path: PathLike, params: InputParams, input_hw: Sequence[int]) -> PreparedImage:
+    """Read and pre-process ``path``; :class:`ImageError` unless its padded size equals ``input_hw``."""
+    prepared = prepare_image(read_image(path, params.input_format), params)
+    got = tuple(prepared.tensor.shape[-2:])
+    want = tuple(int(v) for v in input_hw)
+    if got != want:
+        raise ImageError(
+            f"{path}: pads to network input {got[0]}x{got[1]} (H x W), the model is exported for "
+            f"{want[0]}x{want[1]}"
+        )
+    return prepared
+
+
+def fit_to_size(image: np.ndarray, params: InputParams, input_hw: Sequence[int]) -> np.ndarray:
+    """1×3×H×W float32 network input of a decoded ``image`` at exactly ``input_hw``.
+
+    The image gets the model's test resize and normalisation, as an evaluation image does; a result larger
+    than the static input is centre-cropped to it, a smaller one zero-padded bottom/right.
+    """
+    height, width = (int(v) for v in input_hw)
+    resized = resize_image(image, params)
+    top = max(0, (resized.shape[0] - height) // 2)
+    left = max(0, (resized.shape[1] - width) // 2)
+    tensor = normalize_and_pad(resized[top : top + height, left : left + width], params).numpy()
+    batch = np.zeros((1, 3, height, width), dtype=np.float32)
+    batch[:, :, : tensor.shape[2], : tensor.shape[3]] = tensor
+    return batch

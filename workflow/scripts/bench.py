@@ -1,18 +1,16 @@
-"""Rules bench_torch and bench_engine: latency, memory and accuracy of one backend × precision × model."""
+"""Rules bench_torch, bench_engine and their *_gpu twins: latency, memory and accuracy of one row
+(backend × precision × device) on one model branch."""
 
-import logging
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from _job import log_to_job_file
 
 if TYPE_CHECKING:
     from snakemake.iocontainers import snakemake
 
-# First: everything this job prints, warns or raises goes to its log file.
-sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding="utf-8")  # noqa: SIM115
-logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+log_to_job_file(snakemake)  # first: everything this job prints, warns or raises goes to its log file
 
-from panoptic_deploy.bench import run_bench  # noqa: E402
+from panoptic_deploy.bench.run import BenchSpec, run_bench  # noqa: E402
 from panoptic_deploy.gpu import check_gpu  # noqa: E402
 
 # A GPU row (rules *_gpu: a 'gpu' wildcard, a GPU type of config 'gpus') checks the card it got first; a CPU
@@ -23,7 +21,7 @@ if gpu_type is not None:
     gpu = check_gpu(gpu_type)
     print(f"GPU {gpu.name} (compute capability {gpu.compute_capability}, driver {gpu.driver})")
 
-result = run_bench(
+spec = BenchSpec(
     snakemake.wildcards.backend,
     snakemake.wildcards.precision,
     config=snakemake.params.config,
@@ -44,6 +42,7 @@ result = run_bench(
     cuda_graph=snakemake.params.get("cuda_graph", False),
     compile_mode=snakemake.params.get("compile_mode", "default"),
 )
+result = run_bench(spec)
 print(
     f"wrote {snakemake.output[0]}: network p50 {result.latency.network.p50_ms:.1f} ms, "
     f"PQ vs torch FP32 {100 * result.accuracy.panoptic.pq:.2f}"

@@ -1,17 +1,14 @@
 """Rule calibration_cache: activation ranges of the FP32 model on the calibration images (the tracked
-artifact); see panoptic_deploy.precision.calibration_batches for how images are fitted to the input."""
+artifact); see panoptic_deploy.preprocess.fit_to_size for how images are fitted to the input."""
 
-import logging
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from _job import log_to_job_file
 
 if TYPE_CHECKING:
     from snakemake.iocontainers import snakemake
 
-# First: everything this job prints, warns or raises goes to its log file.
-sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding="utf-8")  # noqa: SIM115
-logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+log_to_job_file(snakemake)  # first: everything this job prints, warns or raises goes to its log file
 
 from panoptic_deploy.precision import calibrate, calibration_batches  # noqa: E402
 

@@ -1,16 +1,13 @@
 """Rule export_onnx: the network at the branch's static input size to ONNX, checked against PyTorch."""
 
-import logging
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from _job import log_to_job_file
 
 if TYPE_CHECKING:
     from snakemake.iocontainers import snakemake
 
-# First: everything this job prints, warns or raises goes to its log file.
-sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding="utf-8")  # noqa: SIM115
-logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+log_to_job_file(snakemake)  # first: everything this job prints, warns or raises goes to its log file
 
 from panoptic_deploy.compare import Tolerance  # noqa: E402
 from panoptic_deploy.export import export_onnx  # noqa: E402

@@ -1,20 +1,17 @@
 """Rule fp16_onnx: mixed FP16 model (FP32 I/O); value ranges from the branch's first evaluation image."""
 
-import logging
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from _job import log_to_job_file
 
 if TYPE_CHECKING:
     from snakemake.iocontainers import snakemake
 
-# First: everything this job prints, warns or raises goes to its log file.
-sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding="utf-8")  # noqa: SIM115
-logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+log_to_job_file(snakemake)  # first: everything this job prints, warns or raises goes to its log file
 
 from panoptic_deploy.export import prepare_verify_inputs  # noqa: E402
-from panoptic_deploy.modeling import INPUT_NAME  # noqa: E402
 from panoptic_deploy.precision import convert_fp16  # noqa: E402
+from panoptic_deploy.vocab import INPUT_NAME  # noqa: E402
 
 (image,) = prepare_verify_inputs(
     snakemake.params.config, [snakemake.input.image], snakemake.params.input_hw, opts=snakemake.params.opts

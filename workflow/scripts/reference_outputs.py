@@ -1,18 +1,15 @@
 """Rule reference_outputs: torch FP32 (CPU) outputs and panoptic results on the branch's evaluation images."""
 
-import logging
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from _job import log_to_job_file
 
 if TYPE_CHECKING:
     from snakemake.iocontainers import snakemake
 
-# First: everything this job prints, warns or raises goes to its log file.
-sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding="utf-8")  # noqa: SIM115
-logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+log_to_job_file(snakemake)  # first: everything this job prints, warns or raises goes to its log file
 
-from panoptic_deploy.bench import write_reference  # noqa: E402
+from panoptic_deploy.bench.reference import write_reference  # noqa: E402
 from panoptic_deploy.categories import load_category_set  # noqa: E402
 
 reference = write_reference(

@@ -1,17 +1,14 @@
 """Rule simplify_onnx: onnxsim or onnxslim (config export.simplifier), kept only if it reproduces the export
 on the branch's evaluation images; the simplifier is recorded in the model's metadata."""
 
-import logging
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from _job import log_to_job_file
 
 if TYPE_CHECKING:
     from snakemake.iocontainers import snakemake
 
-# First: everything this job prints, warns or raises goes to its log file.
-sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding="utf-8")  # noqa: SIM115
-logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+log_to_job_file(snakemake)  # first: everything this job prints, warns or raises goes to its log file
 
 from panoptic_deploy.compare import Tolerance  # noqa: E402
 from panoptic_deploy.export import prepare_verify_inputs, simplify_onnx  # noqa: E402

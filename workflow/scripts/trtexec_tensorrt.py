@@ -1,16 +1,14 @@
 """Rule trtexec_tensorrt: trtexec's GPU compute time of one TensorRT engine as JSON, its output in the log."""
 
 import logging
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from _job import log_to_job_file
 
 if TYPE_CHECKING:
     from snakemake.iocontainers import snakemake
 
-# First: everything this job prints, warns or raises goes to its log file.
-sys.stderr = sys.stdout = Path(snakemake.log[0]).open("w", buffering=1, encoding="utf-8")  # noqa: SIM115
-logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+log_to_job_file(snakemake)  # first: everything this job prints, warns or raises goes to its log file
 
 from panoptic_deploy.engines.trtexec import run_trtexec, write_trtexec_check  # noqa: E402
 from panoptic_deploy.gpu import check_gpu  # noqa: E402

@@ -12,36 +12,47 @@ is safe depends on the precision (measured in the toolchain probe, ORT 1.24.4 an
   ``ORT_ENABLE_ALL``, because the last level (NCHWc layout) is specific to the CPU's vector width and so
   belongs to the machine that runs the model.
 
-Both levels are recorded in the sidecar; :class:`OrtRunner` uses the recorded runtime level.
+Both levels are recorded in the sidecar; :class:`OrtRunner` uses the recorded runtime level. The same rule
+decides the options of :func:`make_ort_session`, the session factory for evaluating a model file directly
+(export and simplification checks, precision fidelity), so every stage evaluates a model the same way.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
 from panoptic_deploy.engines.sidecar import (
-    PRECISIONS,
     DeviceInfo,
-    EngineError,
     EngineSidecar,
     check_engine_file,
     check_feed,
     check_precision,
-    cpu_name,
     make_sidecar,
     sidecar_path,
-    summarize_onnx,
     write_sidecar,
 )
-from panoptic_deploy.fileio import atomic_path
+from panoptic_deploy.errors import EngineError, PrecisionError, first_line
+from panoptic_deploy.fileio import PathLike, atomic_path
+from panoptic_deploy.host import cpu_name
+from panoptic_deploy.onnx_utils import (
+    ONNX_BFLOAT16,
+    ONNX_FLOAT16,
+    QDQ_OPS,
+    io_types,
+    load_onnx,
+    summarize_onnx,
+)
+from panoptic_deploy.vocab import PRECISIONS
+
+if TYPE_CHECKING:
+    import onnx
 
 PROVIDER = "CPUExecutionProvider"
 GRAPH_OPTIMIZATION_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
@@ -114,14 +125,51 @@ def ort_session_options(level: str, threads: int | None) -> Any:
     return options
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+# ----------------------------------------------------------------------------------------------------------
+# Sessions for evaluating a model file directly (export checks, calibration twins, precision tests)
+
+
+def needs_unoptimized_session(model: onnx.ModelProto) -> bool:
+    """True for models ORT CPU mis-evaluates with graph optimisations on: any Q/DQ node or any FP16 tensor.
+
+    Measured (docs/precision.md, notes/toolchain.md): ORT's fused INT8 path on AVX2 (``QDQS8ToU8Transformer``)
+    distorts symmetric S8 Q/DQ models, and INT8+FP16 models give wrong results under default optimisations.
+    With ``ORT_DISABLE_ALL`` every Q/DQ pair is a plain fake-quant, the closest CPU proxy for TensorRT.
+    """
+    if any(n.op_type in QDQ_OPS for n in model.graph.node):
+        return True
+    if any(init.data_type in (ONNX_FLOAT16, ONNX_BFLOAT16) for init in model.graph.initializer):
+        return True
+    for node in model.graph.node:
+        if node.op_type == "Cast":
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            if to in (ONNX_FLOAT16, ONNX_BFLOAT16):
+                return True
+    return any(t in (ONNX_FLOAT16, ONNX_BFLOAT16) for t in io_types(model).values())
+
+
+def make_ort_session(
+    path: PathLike, threads: int | None = None, *, optimize: bool | None = None
+) -> ort.InferenceSession:
+    """ONNX Runtime CPU session for ``path`` with the options its precision needs.
+
+    ``optimize=None`` decides from the model (``needs_unoptimized_session``): FP32 models get ORT's default
+    optimisations, Q/DQ and FP16 models ``ORT_DISABLE_ALL``. ``threads`` sets intra-op threads (None: ORT's).
+    """
+    model = load_onnx(path, PrecisionError)
+    if optimize is None:
+        optimize = not needs_unoptimized_session(model)
+    options = ort_session_options("ORT_ENABLE_ALL" if optimize else "ORT_DISABLE_ALL", threads)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The engine: an offline-optimised model file and its sidecar
 
 
 def build_ort_engine(
-    onnx_path: str | os.PathLike[str],
-    engine_path: str | os.PathLike[str],
+    onnx_path: PathLike,
+    engine_path: PathLike,
     *,
     precision: str,
     threads: int | None,
@@ -145,9 +193,7 @@ def build_ort_engine(
         try:
             ort.InferenceSession(str(onnx_path), options, providers=[PROVIDER])
         except Exception as exc:  # ORT raises its own pybind exception types
-            raise EngineError(
-                f"{onnx_path}: ONNX Runtime cannot load the model ({_first_line(exc)})"
-            ) from exc
+            raise EngineError(f"{onnx_path}: ONNX Runtime cannot load the model ({first_line(exc)})") from exc
         build_seconds = time.perf_counter() - start
         if tmp.stat().st_size == 0:
             raise EngineError(f"{onnx_path}: ONNX Runtime wrote no optimized model")
@@ -178,9 +224,7 @@ def build_ort_engine(
 class OrtRunner:
     """Runs an engine written by :func:`build_ort_engine` with the options its sidecar records."""
 
-    def __init__(
-        self, engine_path: str | os.PathLike[str], sidecar: EngineSidecar, threads: int | None = None
-    ) -> None:
+    def __init__(self, engine_path: PathLike, sidecar: EngineSidecar, threads: int | None = None) -> None:
         self.engine_path = Path(engine_path)
         self.sidecar = sidecar
         if sidecar.backend != "onnxruntime":
@@ -204,7 +248,7 @@ class OrtRunner:
             self._session = ort.InferenceSession(str(self.engine_path), options, providers=[PROVIDER])
         except Exception as exc:  # ORT raises its own pybind exception types
             raise EngineError(
-                f"{self.engine_path}: ONNX Runtime cannot load the engine ({_first_line(exc)})"
+                f"{self.engine_path}: ONNX Runtime cannot load the engine ({first_line(exc)})"
             ) from exc
         session_outputs = [o.name for o in self._session.get_outputs()]
         if session_outputs != [o.name for o in sidecar.outputs]:

@@ -8,41 +8,24 @@ not match the engine file or the current process. The layout is fixed by
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
-import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from panoptic_deploy import __version__
-from panoptic_deploy.errors import PanopticDeployError
+from panoptic_deploy.errors import EngineError
 from panoptic_deploy.fileio import file_sha256
-from panoptic_deploy.jsonfiles import read_checked_json, write_checked_json
+from panoptic_deploy.host import utc_now
+from panoptic_deploy.jsonfiles import from_json, read_checked_json, to_json, write_checked_json
+from panoptic_deploy.onnx_utils import OnnxSummary, TensorSpec
+from panoptic_deploy.vocab import PRECISIONS
 
 SIDECAR_SCHEMA_VERSION = 1
-BACKENDS = ("onnxruntime", "tensorrt")
-# Precisions of the ONNX artefacts: fp32, fp16 (FP32 I/O) and int8 (explicit Q/DQ, FP16 or FP32 elsewhere).
-PRECISIONS = ("fp32", "fp16", "int8")
 
 BuilderValue = str | int | float | bool | None
-
-
-class EngineError(PanopticDeployError):
-    """An engine cannot be built, loaded or run: bad ONNX, mismatching sidecar, wrong device or version."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One engine input or output."""
-
-    name: str
-    dtype: str  # numpy dtype name: "float32", "float16", "int64", ...
-    shape: tuple[int | str, ...]  # a str is a symbolic (dynamic) dimension
 
 
 @dataclass(frozen=True)
@@ -80,38 +63,13 @@ class EngineSidecar:
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples become lists)."""
-        data = dataclasses.asdict(self)
-        data["input_shape"] = list(self.input_shape)
-        for key in ("inputs", "outputs"):
-            data[key] = [{**t, "shape": list(t["shape"])} for t in data[key]]
+        data: dict[str, Any] = to_json(self)
         return data
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> EngineSidecar:
         """Inverse of :meth:`to_json_dict`; ``data`` must already be schema-valid."""
-
-        def tensors(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items)
-
-        return cls(
-            backend=data["backend"],
-            backend_version=data["backend_version"],
-            device=DeviceInfo(**data["device"]),
-            precision=data["precision"],
-            input_shape=tuple(data["input_shape"]),
-            inputs=tensors(data["inputs"]),
-            outputs=tensors(data["outputs"]),
-            build_seconds=float(data["build_seconds"]),
-            engine_file=data["engine_file"],
-            engine_bytes=data["engine_bytes"],
-            engine_sha256=data["engine_sha256"],
-            source_onnx=data["source_onnx"],
-            source_onnx_sha256=data["source_onnx_sha256"],
-            package_version=data["package_version"],
-            builder=dict(data["builder"]),
-            created=data["created"],
-            schema_version=data["schema_version"],
-        )
+        return from_json(cls, data)
 
 
 SIDECAR_SCHEMA = "engine_sidecar.schema.json"  # in panoptic_deploy/schemas/
@@ -177,22 +135,6 @@ def check_feed(
             raise EngineError(f"{engine_path}: input '{spec.name}' has dtype {dtype}, expected {spec.dtype}")
 
 
-def cpu_name() -> str:
-    """CPU model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def utc_now() -> str:
-    """Current UTC time, ISO 8601 with seconds."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def make_sidecar(
     *,
     backend: str,
@@ -226,91 +168,6 @@ def make_sidecar(
         package_version=__version__,
         builder=builder,
         created=utc_now(),
-    )
-
-
-# ----------------------------------------------------------------------------------------------------
-# What the source ONNX model contains (the backends record it and check the declared precision against it).
-
-
-@dataclass(frozen=True)
-class OnnxSummary:
-    """Inputs, outputs and precision markers of an ONNX model."""
-
-    path: Path
-    sha256: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    qdq_nodes: int  # QuantizeLinear + DequantizeLinear nodes
-    has_fp16: bool  # FP16 initializers, casts or value types
-
-    @property
-    def precision(self) -> str:
-        """``int8`` if the graph has Q/DQ nodes, else ``fp16`` if it has FP16 tensors, else ``fp32``."""
-        if self.qdq_nodes:
-            return "int8"
-        return "fp16" if self.has_fp16 else "fp32"
-
-    @property
-    def static_input_shape(self) -> tuple[int, ...]:
-        """Shape of the single input; :class:`EngineError` for several inputs or a dynamic dimension."""
-        if len(self.inputs) != 1:
-            names = ", ".join(t.name for t in self.inputs)
-            raise EngineError(f"{self.path}: expected one input, found {len(self.inputs)} ({names})")
-        (spec,) = self.inputs
-        dims = tuple(d for d in spec.shape if isinstance(d, int) and d > 0)
-        if len(dims) != len(spec.shape):
-            raise EngineError(
-                f"{self.path}: input '{spec.name}' has dynamic shape {list(spec.shape)}; "
-                "export with a static shape"
-            )
-        return dims
-
-
-def _value_spec(value: Any) -> TensorSpec:
-    """TensorSpec of an ``onnx.ValueInfoProto``."""
-    tensor_type = value.type.tensor_type
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-    shape: list[int | str] = []
-    for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_value"):
-            shape.append(int(dim.dim_value))
-        else:
-            shape.append(str(dim.dim_param) or "?")
-    return TensorSpec(str(value.name), str(dtype), tuple(shape))
-
-
-def summarize_onnx(onnx_path: str | os.PathLike[str]) -> OnnxSummary:
-    """Read an ONNX model's I/O and precision markers (external weight files are not loaded)."""
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise EngineError(f"{path}: ONNX model not found")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError/ValueError/... for damaged files
-        raise EngineError(f"{path}: not a readable ONNX model ({exc})") from exc
-    graph = model.graph
-    initializer_names = {init.name for init in graph.initializer}
-    fp16 = onnx.TensorProto.FLOAT16
-    has_fp16 = any(init.data_type == fp16 for init in graph.initializer)
-    values = [*graph.input, *graph.output, *graph.value_info]
-    has_fp16 = has_fp16 or any(v.type.tensor_type.elem_type == fp16 for v in values)
-    qdq_nodes = 0
-    for node in graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            qdq_nodes += 1
-        for attr in node.attribute:
-            if node.op_type == "Cast" and attr.name == "to" and attr.i == fp16:
-                has_fp16 = True
-            if node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == fp16:
-                has_fp16 = True
-    return OnnxSummary(
-        path=path,
-        sha256=file_sha256(path),
-        inputs=tuple(_value_spec(v) for v in graph.input if v.name not in initializer_names),
-        outputs=tuple(_value_spec(v) for v in graph.output),
-        qdq_nodes=qdq_nodes,
-        has_fp16=has_fp16,
     )
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from panoptic_deploy import __version__
-from panoptic_deploy.engines.sidecar import EngineError, read_sidecar, sidecar_path
+from panoptic_deploy.engines.sidecar import read_sidecar, sidecar_path
+from panoptic_deploy.errors import EngineError
 from panoptic_deploy.fileio import file_sha256
 from panoptic_deploy.jsonfiles import read_checked_json, write_checked_json
 

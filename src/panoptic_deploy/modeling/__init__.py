@@ -1,8 +1,6 @@
 """The PanopticFCN model in plain PyTorch; module names equal the detectron2 checkpoint keys."""
 
 from panoptic_deploy.modeling.panoptic_fcn import (
-    INPUT_NAME,
-    OUTPUT_NAMES,
     HeadOutputs,
     InferenceParams,
     InputParams,
@@ -10,6 +8,7 @@ from panoptic_deploy.modeling.panoptic_fcn import (
     PanopticFCN,
     build_model,
 )
+from panoptic_deploy.vocab import INPUT_NAME, OUTPUT_NAMES
 
 __all__ = [
     "INPUT_NAME",

@@ -26,6 +26,7 @@ from panoptic_deploy.modeling.heads import (
     SemanticFPN,
 )
 from panoptic_deploy.modeling.resnet import RESNET_STAGE_BLOCKS, ResNet
+from panoptic_deploy.vocab import OUTPUT_NAMES
 
 # Hard-coded in the official inference (not in the config): centre smoothing pool size per level p3..p7,
 # the instance score floor before the top-N cut and the mask-score denominator guard.
@@ -97,8 +98,10 @@ class NetworkOutputs(NamedTuple):
     stuff_present: torch.Tensor
 
 
-OUTPUT_NAMES: tuple[str, ...] = NetworkOutputs._fields
-INPUT_NAME = "image"
+# The names live in vocab (torch-free, read by the engines, comparisons and reports); the named tuple must
+# list the same outputs in the same order, or every name -> tensor mapping downstream would be shifted.
+if NetworkOutputs._fields != OUTPUT_NAMES:
+    raise AssertionError(f"NetworkOutputs fields {NetworkOutputs._fields} differ from vocab {OUTPUT_NAMES}")
 
 
 class PanopticFCN(nn.Module):
@@ -314,8 +317,8 @@ def _norm_flag(cfg_node: Any, key: str) -> bool:
     return bool(norm == "GN")
 
 
-def build_model(cfg: Any) -> PanopticFCN:
-    """Build :class:`PanopticFCN` from a loaded config (:func:`panoptic_deploy.config.load_config`)."""
+def _check_supported(cfg: Any) -> None:
+    """ConfigError for a config this re-implementation does not build (one line naming the key)."""
     m = cfg.MODEL
     if m.META_ARCHITECTURE != "PanopticFCN":
         raise ConfigError(f"MODEL.META_ARCHITECTURE is {m.META_ARCHITECTURE!r}, expected 'PanopticFCN'")
@@ -339,6 +342,12 @@ def build_model(cfg: Any) -> PanopticFCN:
     if m.SEMANTIC_FPN.NORM != "GN":
         raise ConfigError("MODEL.SEMANTIC_FPN.NORM must be 'GN'")
 
+
+def build_model(cfg: Any) -> PanopticFCN:
+    """Build :class:`PanopticFCN` from a loaded config (:func:`panoptic_deploy.config.load_config`)."""
+    _check_supported(cfg)
+    m = cfg.MODEL
+    resnets = m.RESNETS
     bottom_up = ResNet(
         RESNET_STAGE_BLOCKS[resnets.DEPTH],
         stem_channels=resnets.STEM_OUT_CHANNELS,

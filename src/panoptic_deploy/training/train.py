@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from panoptic_deploy.checkpoint import load_weights
 from panoptic_deploy.config import CfgNode, load_config
 from panoptic_deploy.errors import CheckpointError, ConfigError
 from panoptic_deploy.fileio import atomic_path, write_text_atomic
@@ -214,9 +215,13 @@ def _device(name: str) -> torch.device:
 
 
 def build_training_model(cfg: CfgNode, seed: int, trainable_bn: bool) -> PanopticFCN:
-    """The config's model, initialised for training from scratch, with trainable BN in the backbone."""
+    """The config's model with trainable BN in the backbone: initialised from scratch (spec §6.1), or, when
+    ``MODEL.WEIGHTS`` names a checkpoint (detectron2's fine-tuning key), loaded from it strictly and safely
+    (``checkpoint.load_weights``), its FrozenBN statistics becoming the trainable BN's starting values."""
     model = build_model(cfg)
     init_for_training(model, float(cfg.MODEL.POSITION_HEAD.THING.BIAS_VALUE), seed)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
     if trainable_bn:
         frozen_bn_to_bn(model)
     freeze_backbone(model, int(cfg.MODEL.BACKBONE.FREEZE_AT))

@@ -1,0 +1,177 @@
+"""The torch FP32 reference: every benchmark's accuracy is measured against it.
+
+:func:`write_reference` runs the eager model on CPU once per model over the evaluation images and stores the
+seven network outputs and the panoptic result of each (.npz); :func:`read_reference` loads it for the
+benchmarks, which check that they run on the same images.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from panoptic_deploy import __version__
+from panoptic_deploy.bench.results import ImagePanoptic
+from panoptic_deploy.categories import COCO, CategorySet
+from panoptic_deploy.compare import as_numpy_outputs
+from panoptic_deploy.errors import BenchError
+from panoptic_deploy.fileio import PathLike, atomic_path, file_sha256
+from panoptic_deploy.preprocess import prepare_at_size
+from panoptic_deploy.spec import ModelSpec
+from panoptic_deploy.vocab import OUTPUT_NAMES
+
+REFERENCE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    """Torch FP32 outputs of one evaluation image."""
+
+    name: str
+    path: str
+    image_size: tuple[int, int]  # resized, before padding
+    orig_size: tuple[int, int]
+    outputs: dict[str, NDArray[Any]]
+    panoptic: ImagePanoptic
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The torch FP32 reference of one model: per-image network outputs and panoptic results."""
+
+    model: str
+    input_shape: tuple[int, int, int, int]
+    images: tuple[ReferenceImage, ...]
+    meta: dict[str, Any]
+    sha256: str
+    categories: CategorySet = COCO  # the model's category set (meta "categories"; COCO in older files)
+
+
+def image_names(images: Sequence[PathLike]) -> list[str]:
+    """File stems of ``images``: the names pairing an evaluation image with its reference and ground truth."""
+    names = [Path(p).stem for p in images]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise BenchError(f"several evaluation images are named {duplicates[0]!r}; names must be unique")
+    return names
+
+
+def write_reference(
+    config: ModelSpec | PathLike,
+    weights: PathLike,
+    images: Sequence[PathLike],
+    output: PathLike,
+    input_hw: Sequence[int],
+    opts: Sequence[str] = (),
+    *,
+    model_name: str | None = None,
+    threads: int | None = None,
+    categories: CategorySet = COCO,
+) -> Reference:
+    """Run torch FP32 on CPU over ``images`` (all must pad to ``input_hw``) and write ``output`` (.npz).
+
+    The file holds, per image ``i``: ``img{i}.<output name>`` (the seven network outputs),
+    ``img{i}.panoptic_seg`` (H×W int32) and ``img{i}.segments`` (JSON), plus ``meta`` (JSON: model name,
+    input shape, image names and paths, sizes, versions, the model's category set). ``model_name`` defaults
+    to the file stem. The config's head sizes must fit ``categories``; the benchmarks take them from here.
+    ``config``: a :class:`ModelSpec` or a config file (then ``opts`` are its overrides).
+    """
+    from panoptic_deploy.postprocess import postprocess
+    from panoptic_deploy.predict import load_model, segments_info
+
+    if not images:
+        raise BenchError(f"{output}: no evaluation images")
+    names = image_names(images)
+    spec = ModelSpec.of(config, opts)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = load_model(spec, weights, device="cpu", categories=categories)
+    height, width = (int(v) for v in input_hw)
+    arrays: dict[str, NDArray[Any]] = {}
+    entries = []
+    with torch.no_grad():
+        for i, (path, name) in enumerate(zip(images, names, strict=True)):
+            prepared = prepare_at_size(path, model.input_params, (height, width))
+            outputs = model(prepared.tensor)
+            result = postprocess(outputs, prepared.image_size, prepared.orig_size, model.inference)
+            for key, value in as_numpy_outputs(outputs).items():
+                arrays[f"img{i}.{key}"] = value
+            arrays[f"img{i}.panoptic_seg"] = result.panoptic_seg.astype(np.int32)
+            arrays[f"img{i}.segments"] = np.asarray(json.dumps(segments_info(result, categories)))
+            entries.append(
+                {
+                    "name": name,
+                    "path": str(path),
+                    "image_size": list(prepared.image_size),
+                    "orig_size": list(prepared.orig_size),
+                }
+            )
+    meta = {
+        "format_version": REFERENCE_FORMAT_VERSION,
+        "model": model_name or Path(output).stem,
+        "config": str(spec.config),
+        "opts": list(spec.opts),
+        "input_shape": [1, 3, height, width],
+        "images": entries,
+        "categories": categories.to_json(),
+        "category_source": categories.source,
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+    }
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    with atomic_path(output) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+    return read_reference(output)
+
+
+def read_reference(path: PathLike) -> Reference:
+    """Load a file written by :func:`write_reference`; :class:`BenchError` names the file and the problem."""
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"{path}: reference file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format_version") != REFERENCE_FORMAT_VERSION:
+                raise BenchError(f"{path}: reference format {meta.get('format_version')!r} is not supported")
+            images = []
+            for i, entry in enumerate(meta["images"]):
+                outputs = {name: np.asarray(data[f"img{i}.{name}"]) for name in OUTPUT_NAMES}
+                segments = tuple(json.loads(str(data[f"img{i}.segments"])))
+                panoptic = ImagePanoptic(entry["name"], np.asarray(data[f"img{i}.panoptic_seg"]), segments)
+                images.append(
+                    ReferenceImage(
+                        entry["name"],
+                        entry["path"],
+                        (int(entry["image_size"][0]), int(entry["image_size"][1])),
+                        (int(entry["orig_size"][0]), int(entry["orig_size"][1])),
+                        outputs,
+                        panoptic,
+                    )
+                )
+    except BenchError:
+        raise
+    except (KeyError, ValueError, OSError, json.JSONDecodeError) as exc:
+        raise BenchError(f"{path}: not a valid reference file ({type(exc).__name__}: {exc})") from exc
+    shape = tuple(int(v) for v in meta["input_shape"])
+    categories = COCO
+    if "categories" in meta:
+        categories = CategorySet.from_json(meta["categories"], str(meta.get("category_source", path)))
+    return Reference(
+        meta["model"],
+        shape,  # type: ignore[arg-type]
+        tuple(images),
+        meta,
+        file_sha256(path),
+        categories,
+    )

@@ -1,0 +1,52 @@
+"""What every subcommand shares: output checks before any work, the config overrides, the category set."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def check_output(option: str, path: str | None, inputs: Iterable[str | None]) -> None:
+    """One-line OutputError, before any work, if the output file ``path`` is a folder or one of ``inputs``."""
+    if path is None:
+        return
+    from panoptic_deploy.outputs import output_file, refuse_overwriting_inputs
+
+    output_file(path, option)
+    refuse_overwriting_inputs([path], inputs)
+
+
+def input_hw(values: Sequence[int] | None, config: str, image: str, opts: Sequence[str]) -> tuple[int, int]:
+    """``--input-hw`` if given, else the padded size of ``image`` under the config's test resize."""
+    from panoptic_deploy.spec import ModelSpec
+
+    if values is not None:
+        return int(values[0]), int(values[1])
+    return ModelSpec.of(config, opts).input_hw_for(image)
+
+
+def add_opts(parser: argparse.ArgumentParser) -> None:
+    """detectron2-style ``KEY VALUE`` config overrides, the same on every subcommand."""
+    parser.add_argument(
+        "--opts",
+        nargs="*",
+        default=[],
+        metavar="KEY VALUE",
+        # nargs="*" also takes positional image paths that follow; say how to end the list.
+        help="config overrides; they take every word up to the next option, so end them with -- or put "
+        "another option between them and positional arguments",
+    )
+
+
+def add_categories(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--categories",
+        default="coco",
+        metavar="coco|JSON",
+        help="the model's category set: coco (default) or a JSON file with a COCO panoptic 'categories' "
+        "list (e.g. a generated dataset's panoptic.json); the config's head sizes must fit it",
+    )
