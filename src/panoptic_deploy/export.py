@@ -524,6 +524,7 @@ def simplify_onnx(
     under :data:`SIMPLIFIER_METADATA_KEY`."""
     import onnx
 
+    from panoptic_deploy.onnx_scopes import carry_module_scopes
     from panoptic_deploy.precision import make_ort_session
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
@@ -546,6 +547,9 @@ def simplify_onnx(
     slim_io = [(v.name, v.type.SerializeToString()) for v in (*slim.graph.input, *slim.graph.output)]
     if original_io != slim_io:
         raise ExportError(f"{onnx_in}: {simplifier} changed the model's inputs or outputs")
+    # Both simplifiers drop the nodes' metadata, where the dynamo exporter keeps each node's module scope:
+    # carry it over by node name, so INT8 debugging can name modules (panoptic_deploy.onnx_scopes).
+    carry_module_scopes(original, slim)
     version = _simplifier_version(simplifier)
     onnx.helper.set_model_props(
         slim,
