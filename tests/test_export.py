@@ -33,6 +33,7 @@ from panoptic_deploy.export import (
 )
 from panoptic_deploy.export import onnx_export as export
 from panoptic_deploy.modeling import OUTPUT_NAMES
+from panoptic_deploy.onnx_scopes import module_scopes
 
 # ---------------------------------------------------------------------------------------------------------
 # The real export (shared with test_bench / test_report through tests/pipeline_artifacts.py)
@@ -158,6 +159,11 @@ def test_simplify_reduces_nodes_and_keeps_every_output(art: pa.Artifacts) -> Non
     assert (report.simplifier, report.simplifier_version) == ("onnxsim", version("onnxsim"))
     assert read_simplifier(art.sim_onnx) == f"onnxsim {version('onnxsim')}"
     assert f"onnxsim {version('onnxsim')}" in report.summary()
+    # onnxsim drops node metadata; the module scopes of the dynamo export are carried over by node name.
+    scopes = module_scopes(sim)
+    convs = [n.name for n in sim.graph.node if n.op_type == "Conv"]
+    assert convs and all(name in scopes for name in convs)
+    assert "backbone.bottom_up.res2.0.conv1 (Conv2d)" in {scopes[name] for name in convs}
     # On a fresh input (noise shaped like a normalised image) both models agree.
     x = np.random.default_rng(7).normal(0.0, 60.0, (1, 3, 64, 96)).astype(np.float32)
     a = make_ort_session(art.onnx, threads=2).run(list(OUTPUT_NAMES), {"image": x})

@@ -148,6 +148,7 @@ def test_head_sizes_must_match_the_dataset(scenes: Path) -> None:
         PanopticDataset(scenes, InputSettings.from_config(cfg), 5, 5)
     ConcatPanoptic([PanopticDataset(scenes, InputSettings.from_config(cfg), 6, 5)])
 
+
 def test_fine_tuning_starts_from_model_weights(scenes: Path, tmp_path: Path) -> None:
     """``MODEL.WEIGHTS`` (detectron2's fine-tuning key) loads a checkpoint into the training model: the BN
     statistics and every weight start from the file, not from the from-scratch initialisation."""

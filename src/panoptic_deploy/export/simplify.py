@@ -22,6 +22,7 @@ from panoptic_deploy.errors import ExportError, first_line
 from panoptic_deploy.export.onnx_export import ort_outputs
 from panoptic_deploy.fileio import PathLike, atomic_path, file_sha256
 from panoptic_deploy.host import dist_version
+from panoptic_deploy.onnx_scopes import carry_module_scopes
 from panoptic_deploy.onnx_utils import quiet_converters
 from panoptic_deploy.vocab import SIMPLIFIERS
 
@@ -152,6 +153,9 @@ def simplify_onnx(
     slim_io = [(v.name, v.type.SerializeToString()) for v in (*slim.graph.input, *slim.graph.output)]
     if original_io != slim_io:
         raise ExportError(f"{onnx_in}: {simplifier} changed the model's inputs or outputs")
+    # Both simplifiers drop the nodes' metadata, where the dynamo exporter keeps each node's module scope:
+    # carry it over by node name, so INT8 debugging can name modules (panoptic_deploy.onnx_scopes).
+    carry_module_scopes(original, slim)
     version = dist_version(simplifier) or "unknown"
     onnx.helper.set_model_props(
         slim,

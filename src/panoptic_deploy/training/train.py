@@ -392,4 +392,3 @@ def train_step(
     out = {k: v.detach() for k, v in losses.items()}
     out["loss"] = total.detach()
     return out
-
