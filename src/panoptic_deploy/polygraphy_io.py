@@ -1,7 +1,7 @@
 """The evaluation inputs and the torch FP32 outputs as Polygraphy JSON, so that NVIDIA's own checker compares
 an engine with our reference::
 
-    polygraphy run results/engines/tensorrt/<key>/<model>.int8.engine --trt \\
+    polygraphy run results/engines/tensorrt/<gpu>/<model>.int8.engine --trt \\
         --load-inputs results/polygraphy/<model>.inputs.json \\
         --load-outputs results/polygraphy/<model>.torch_fp32.json
 

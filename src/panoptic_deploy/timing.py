@@ -327,7 +327,7 @@ def _nvml_value(call: Callable[..., Any], *args: Any) -> Any:
 def _gpus(nvml: ModuleType | None, notes: list[str]) -> tuple[str | None, tuple[GpuState, ...]]:
     if nvml is None:
         try:
-            import pynvml as module  # type: ignore[import-untyped]  # nvidia-ml-py: no stubs
+            import pynvml as module  # nvidia-ml-py: no stubs (mypy override in pyproject)
 
             nvml = module
         except ImportError:
