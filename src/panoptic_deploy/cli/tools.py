@@ -188,12 +188,8 @@ def _add_pq(sub: Subparsers) -> None:
 
 def _cmd_int8_debug(args: argparse.Namespace) -> int:
     from panoptic_deploy.export import onnx_input_hw
-    from panoptic_deploy.int8_debug import (
-        debug_int8,
-        panoptic_fidelity_evaluator,
-        sensitivity_search,
-        write_int8_debug,
-    )
+    from panoptic_deploy.int8_debug import debug_int8, write_int8_debug
+    from panoptic_deploy.int8_search import panoptic_fidelity_evaluator, sensitivity_search
     from panoptic_deploy.precision import calibration_batches
 
     if args.max_nodes > 0 and args.reference is None:
