@@ -1,8 +1,10 @@
-"""The stage subcommands the README lists run the pipeline without Snakemake: fp16, calibrate, int8 and engine
-on the tiny export (tests/pipeline_artifacts.py), each through ``panoptic-deploy`` into its artefact."""
+"""The stage subcommands the README lists run the pipeline without Snakemake: fp16, calibrate, int8 (and
+int8-debug) and engine on the tiny export (tests/pipeline_artifacts.py), each through ``panoptic-deploy``
+into its artefact."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,22 @@ def test_precision_and_engine_stages_from_the_command_line(art: pa.Artifacts, tm
     args = ["int8", "--input", sim, "--cache", str(cache), "--output", str(int8), "--high-precision", "fp32"]
     assert main(args) == 0
     assert summarize_onnx(int8).precision == "int8"
+
+    # int8-debug (no search here: each search step re-quantizes, tens of seconds on 2 cores): every
+    # activation Q/DQ pair compared, worst first, named by the module the export recorded.
+    debug = tmp_path / "m.int8-debug.json"
+    args = ["int8-debug", "--fp32", sim, "--int8", str(int8), "--cache", str(cache), *config, *_opts(),
+            "--output", str(debug), "--count", "2"]  # fmt: skip
+    assert main([*args, "--max-nodes", "0", "--", *images]) == 0
+    result = json.loads(debug.read_text(encoding="utf-8"))
+    assert result["inputs"] == 2 and result["search"] is None
+    tensors = result["tensors"]
+    assert len(tensors) > 10
+    local = [t["local_sqnr_db"] for t in tensors]
+    assert local == sorted(local)
+    assert all(t["modules"] for t in tensors[:10]), tensors[:10]
+    with pytest.raises(SystemExit, match="--reference"):
+        main([*args, "--max-nodes", "2", "--", *images])  # a search without --reference
 
     engine = tmp_path / "m.int8.ort.onnx"
     assert main(["engine", "--backend", "onnxruntime", "--input", str(int8), "--output", str(engine)]) == 0

@@ -22,14 +22,8 @@ import onnx
 import pytest
 import torch
 
-from panoptic_deploy.int8_debug import (
-    activation_qdq_pairs,
-    debug_int8,
-    output_noise_evaluator,
-    sensitivity_search,
-    sqnr_db,
-    write_int8_debug,
-)
+from panoptic_deploy.int8_debug import activation_qdq_pairs, debug_int8, sqnr_db, write_int8_debug
+from panoptic_deploy.int8_search import output_noise_evaluator, sensitivity_search
 from panoptic_deploy.onnx_scopes import MODEL_SCOPES_KEY, carry_module_scopes, module_scopes
 from panoptic_deploy.precision import (
     calibrate,

@@ -1,9 +1,11 @@
-"""Subcommands around the deployment pipeline: synthetic weights and datasets, training, prediction, PQ."""
+"""Subcommands around the deployment pipeline: synthetic weights and datasets, training, prediction, PQ,
+INT8 debugging."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from panoptic_deploy.cli.common import add_categories, add_opts, check_output
@@ -184,6 +186,61 @@ def _add_pq(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_pq)
 
 
+def _cmd_int8_debug(args: argparse.Namespace) -> int:
+    from panoptic_deploy.export import onnx_input_hw
+    from panoptic_deploy.int8_debug import debug_int8, write_int8_debug
+    from panoptic_deploy.int8_search import panoptic_fidelity_evaluator, sensitivity_search
+    from panoptic_deploy.precision import calibration_batches
+
+    if args.max_nodes > 0 and args.reference is None:
+        sys.exit("int8-debug: the sensitivity search needs --reference (or pass --max-nodes 0)")
+    check_output("--output", args.output, [args.fp32, args.int8, args.cache, args.reference, args.config])
+    images = args.images[: args.count]
+    batches = calibration_batches(args.config, images, onnx_input_hw(args.fp32), args.opts)
+    result = debug_int8(args.fp32, args.int8, batches, threads=args.threads)
+    print("\n".join(result.worst_lines(args.top)))
+    if args.max_nodes > 0:
+        evaluate = panoptic_fidelity_evaluator(args.reference, args.config, args.opts, args.threads)
+        search = sensitivity_search(
+            args.fp32, args.cache, result, evaluate, args.budget, max_nodes=args.max_nodes,
+            max_steps=args.max_steps, exclude_op_types=args.exclude_op_type, exclude_nodes=args.exclude_node,
+        )  # fmt: skip
+        result = replace(result, search=search)
+        print(f"PQ points lost vs torch FP32: {search.initial_loss:.2f} -> {search.final_loss:.2f} "
+              f"(budget {search.budget}; {'passed' if search.passed else 'not passed'})")  # fmt: skip
+        print(search.config_snippet(), end="")
+    write_int8_debug(result, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _add_int8_debug(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "int8-debug",
+        help="FP32 vs INT8 tensor by tensor (SQNR per Q/DQ pair, module names), then a sensitivity search",
+    )
+    p.add_argument("--fp32", required=True, help="FP32 .onnx the INT8 model was quantized from (simplified)")
+    p.add_argument("--int8", required=True, help="INT8 Q/DQ .onnx to debug (--high-precision fp32 on a CPU)")
+    p.add_argument("--cache", required=True, help="the calibration cache the INT8 model was made with")
+    p.add_argument("--reference", default=None, help="torch FP32 reference .npz (needed by the search)")
+    p.add_argument("--config", required=True, help="config of the model (pre- and post-processing)")
+    p.add_argument("--output", required=True, help="result JSON (tensors worst first, the search's steps)")
+    p.add_argument("--count", type=int, default=4, help="images of IMAGES to compare on (default 4)")
+    p.add_argument("--top", type=int, default=10, help="worst tensors to print (default 10)")
+    p.add_argument("--budget", type=float, default=2.0,
+                   help="PQ points lost vs torch FP32 the search stops at (default 2.0)")  # fmt: skip
+    p.add_argument("--max-nodes", type=int, default=8, help="nodes the search may exclude; 0: no search")
+    p.add_argument("--max-steps", type=int, default=None, help="tensors to try (default 2 x --max-nodes)")
+    p.add_argument("--exclude-op-type", action="append", default=[], metavar="OP",
+                   help="the INT8 model's own exclusions (int8.exclude_op_types); repeatable")  # fmt: skip
+    p.add_argument("--exclude-node", action="append", default=[], metavar="REGEX",
+                   help="the INT8 model's own int8.exclude_nodes; repeatable")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
+    add_opts(p)
+    p.add_argument("images", nargs="+", help="calibration images (the first --count are compared)")
+    p.set_defaults(func=_cmd_int8_debug)
+
+
 def add_parsers(sub: Subparsers) -> None:
     """Register the subcommands of this module, in help order."""
     _add_make_weights(sub)
@@ -191,3 +248,4 @@ def add_parsers(sub: Subparsers) -> None:
     _add_train(sub)
     _add_predict(sub)
     _add_pq(sub)
+    _add_int8_debug(sub)
