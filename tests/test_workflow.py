@@ -690,7 +690,11 @@ def test_demo_dry_run_imports_no_ml_stack_and_takes_seconds(tmp_path: Path) -> N
     # Measured (CPU s) on the shared 2-core machine: `snakemake --version` 2.0, the demo dry run 2.0-2.3
     # wall 3.2 under load), so the workflow's own parse (validation, plan, a DAG of 14 jobs) costs well
     # under a second on top of Snakemake's own start.
-    assert min(times) < 3.0, (times, bare)
+    # The issue's 3 s is for this machine unloaded; under load even `snakemake --version` slows (2.9 CPU s
+    # measured beside other sessions' test runs), so the bound scales with Snakemake's own start over its
+    # quiet 2.0 s. The workflow's own cost (the second check) does not depend on that.
+    slowdown = max(1.0, bare / 2.0)
+    assert min(times) < 3.0 * slowdown, (times, bare)
     assert min(times) - bare < 1.0, (times, bare)
 
 
