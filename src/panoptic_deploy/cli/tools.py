@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from panoptic_deploy.cli.common import add_categories, add_opts, check_output
+from panoptic_deploy.defaults import config_schema
 
 if TYPE_CHECKING:
     from panoptic_deploy.cli.common import Subparsers
@@ -222,13 +223,18 @@ def _add_int8_debug(sub: Subparsers) -> None:
     p.add_argument("--fp32", required=True, help="FP32 .onnx the INT8 model was quantized from (simplified)")
     p.add_argument("--int8", required=True, help="INT8 Q/DQ .onnx to debug (--high-precision fp32 on a CPU)")
     p.add_argument("--cache", required=True, help="the calibration cache the INT8 model was made with")
-    p.add_argument("--reference", default=None, help="torch FP32 reference .npz (needed by the search)")
+    p.add_argument("--reference", default=None,
+                   help="torch FP32 reference .npz, needed by the search (its image paths are relative "
+                   "to the folder it was made in: run from there)")  # fmt: skip
     p.add_argument("--config", required=True, help="config of the model (pre- and post-processing)")
     p.add_argument("--output", required=True, help="result JSON (tensors worst first, the search's steps)")
     p.add_argument("--count", type=int, default=4, help="images of IMAGES to compare on (default 4)")
     p.add_argument("--top", type=int, default=10, help="worst tensors to print (default 10)")
-    p.add_argument("--budget", type=float, default=2.0,
-                   help="PQ points lost vs torch FP32 the search stops at (default 2.0)")  # fmt: skip
+    # The INT8 gate's default (gates.int8.max_pq_drop in the schema): the search aims at what the gate checks.
+    int8_gate = config_schema()["properties"]["gates"]["properties"]["int8"]
+    budget = int8_gate["properties"]["max_pq_drop"]["default"]
+    p.add_argument("--budget", type=float, default=budget,
+                   help=f"PQ points lost vs torch FP32 the search stops at (default {budget})")  # fmt: skip
     p.add_argument("--max-nodes", type=int, default=8, help="nodes the search may exclude; 0: no search")
     p.add_argument("--max-steps", type=int, default=None, help="tensors to try (default 2 x --max-nodes)")
     p.add_argument("--exclude-op-type", action="append", default=[], metavar="OP",
