@@ -266,6 +266,42 @@ class _Sums:
     elements: int = 0
     max_abs: float = 0.0
 
+    def add(self, pair: QdqPair, pre_q: Any, post_dq: Any, fp32: Any | None) -> None:
+        """One input's values at ``pair``: entering its QuantizeLinear, leaving its DequantizeLinear, and the
+        FP32 model's tensor (None where the FP32 model has no tensor of that name)."""
+        pre = np.asarray(pre_q, np.float64)
+        post = np.asarray(post_dq, np.float64)
+        self.signal += float(np.sum(pre * pre))
+        self.noise += float(np.sum((pre - post) ** 2))
+        # Rounding puts a value just past the edge back on it: count what lies beyond half a step.
+        half = 0.5 * pair.scale
+        self.clipped += int(np.count_nonzero((pre < pair.low - half) | (pre > pair.high + half)))
+        self.elements += int(pre.size)
+        self.max_abs = max(self.max_abs, float(np.abs(pre).max(initial=0.0)))
+        if fp32 is not None:
+            ref = np.asarray(fp32, np.float64)
+            self.cum_signal += float(np.sum(ref * ref))
+            self.cum_noise += float(np.sum((ref - post) ** 2))
+
+
+def _tensor_debug(pair: QdqPair, s: _Sums, names: Mapping[str, str], cumulative: bool) -> TensorDebug:
+    """``pair``'s accumulated sums as a result row, named by its readers' modules (else its producer's)."""
+    modules = [names[c] for c in pair.consumers if c in names]
+    if not modules and pair.producer in names:
+        modules.append(names[str(pair.producer)])
+    return TensorDebug(
+        tensor=pair.tensor,
+        producer=pair.producer,
+        consumers=pair.consumers,
+        modules=tuple(dict.fromkeys(modules)),
+        scale=pair.scale,
+        local_sqnr_db=sqnr_db(s.signal, s.noise),
+        cumulative_sqnr_db=sqnr_db(s.cum_signal, s.cum_noise) if cumulative else None,
+        clipped_fraction=s.clipped / s.elements if s.elements else 0.0,
+        max_abs=s.max_abs,
+        elements=s.elements,
+    )
+
 
 def _session(path: Path, threads: int | None) -> Any:
     from panoptic_deploy.engines.onnxruntime import make_ort_session
@@ -320,19 +356,7 @@ def debug_int8(
             a = dict(zip(fp32_out, fp32_session.run(None, feed), strict=True))
             b = dict(zip(int8_out, int8_session.run(None, feed), strict=True))
             for pair, s in zip(pairs, sums, strict=True):
-                pre = np.asarray(b[pair.pre], np.float64)
-                post = np.asarray(b[pair.post], np.float64)
-                s.signal += float(np.sum(pre * pre))
-                s.noise += float(np.sum((pre - post) ** 2))
-                # Rounding puts a value just past the edge back on it: count what lies beyond half a step.
-                half = 0.5 * pair.scale
-                s.clipped += int(np.count_nonzero((pre < pair.low - half) | (pre > pair.high + half)))
-                s.elements += int(pre.size)
-                s.max_abs = max(s.max_abs, float(np.abs(pre).max(initial=0.0)))
-                if pair.tensor in a:
-                    ref = np.asarray(a[pair.tensor], np.float64)
-                    s.cum_signal += float(np.sum(ref * ref))
-                    s.cum_noise += float(np.sum((ref - post) ** 2))
+                s.add(pair, b[pair.pre], b[pair.post], a.get(pair.tensor))
             for name, acc in out_sums.items():
                 ref = np.asarray(a[name], np.float64)
                 got = np.asarray(b[name], np.float64)
@@ -341,25 +365,9 @@ def debug_int8(
             count += 1
     if count == 0:
         raise Int8DebugError(f"{int8_onnx}: no inputs given to compare on")
-    tensors = []
-    for pair, s in zip(pairs, sums, strict=True):
-        modules = [names[c] for c in pair.consumers if c in names]
-        if not modules and pair.producer in names:
-            modules.append(names[str(pair.producer)])
-        tensors.append(
-            TensorDebug(
-                tensor=pair.tensor,
-                producer=pair.producer,
-                consumers=pair.consumers,
-                modules=tuple(dict.fromkeys(modules)),
-                scale=pair.scale,
-                local_sqnr_db=sqnr_db(s.signal, s.noise),
-                cumulative_sqnr_db=sqnr_db(s.cum_signal, s.cum_noise) if pair.tensor in fp32_wanted else None,
-                clipped_fraction=s.clipped / s.elements if s.elements else 0.0,
-                max_abs=s.max_abs,
-                elements=s.elements,
-            )
-        )
+    tensors = [
+        _tensor_debug(pair, s, names, pair.tensor in fp32_wanted) for pair, s in zip(pairs, sums, strict=True)
+    ]
     tensors.sort(key=lambda t: (t.local_sqnr_db, t.tensor))
     outputs = tuple(
         OutputDebug(name, sqnr_db(sig, noise), 100.0 * noise / sig if sig > 0 else 0.0)
