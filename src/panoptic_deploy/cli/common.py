@@ -29,6 +29,16 @@ def input_hw(values: Sequence[int] | None, config: str, image: str, opts: Sequen
     return ModelSpec.of(config, opts).input_hw_for(image)
 
 
+def add_int8_exclusions(parser: argparse.ArgumentParser) -> None:
+    """``--exclude-op-type`` / ``--exclude-node`` (the config's ``int8.exclude_op_types`` /
+    ``exclude_nodes``), the same on every subcommand that quantizes."""
+    parser.add_argument("--exclude-op-type", action="append", default=[], metavar="OP",
+                        help="ONNX op type left unquantized (int8.exclude_op_types); repeatable")  # fmt: skip
+    parser.add_argument("--exclude-node", action="append", default=[], metavar="REGEX",
+                        help="node names (full match) left unquantized (int8.exclude_nodes); "
+                        "repeatable")  # fmt: skip
+
+
 def add_opts(parser: argparse.ArgumentParser) -> None:
     """detectron2-style ``KEY VALUE`` config overrides, the same on every subcommand."""
     parser.add_argument(

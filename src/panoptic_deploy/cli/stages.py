@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from panoptic_deploy.cli.common import add_categories, add_opts, check_output, input_hw
+from panoptic_deploy.cli.common import add_categories, add_int8_exclusions, add_opts, check_output, input_hw
 from panoptic_deploy.defaults import schema_default
 from panoptic_deploy.vocab import (
     BENCH_BACKENDS,
@@ -196,10 +196,7 @@ def _add_int8(sub: Subparsers) -> None:
     p.add_argument("--output", required=True, help="INT8 .onnx")
     p.add_argument("--high-precision", choices=HIGH_PRECISION_DTYPES, default="fp16",
                    help="non-quantized part: fp16 (TensorRT; default), fp32 (CPU twin), bf16")  # fmt: skip
-    p.add_argument("--exclude-op-type", action="append", default=[], metavar="OP",
-                   help="ONNX op type left unquantized; repeatable")  # fmt: skip
-    p.add_argument("--exclude-node", action="append", default=[], metavar="REGEX",
-                   help="node names (full match) left unquantized; repeatable")  # fmt: skip
+    add_int8_exclusions(p)
     p.set_defaults(func=_cmd_int8)
 
 

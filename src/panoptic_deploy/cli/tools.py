@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from panoptic_deploy.cli.common import add_categories, add_opts, check_output
+from panoptic_deploy.cli.common import add_categories, add_int8_exclusions, add_opts, check_output
 from panoptic_deploy.defaults import config_schema
 
 if TYPE_CHECKING:
@@ -237,10 +237,7 @@ def _add_int8_debug(sub: Subparsers) -> None:
                    help=f"PQ points lost vs torch FP32 the search stops at (default {budget})")  # fmt: skip
     p.add_argument("--max-nodes", type=int, default=8, help="nodes the search may exclude; 0: no search")
     p.add_argument("--max-steps", type=int, default=None, help="tensors to try (default 2 x --max-nodes)")
-    p.add_argument("--exclude-op-type", action="append", default=[], metavar="OP",
-                   help="the INT8 model's own exclusions (int8.exclude_op_types); repeatable")  # fmt: skip
-    p.add_argument("--exclude-node", action="append", default=[], metavar="REGEX",
-                   help="the INT8 model's own int8.exclude_nodes; repeatable")  # fmt: skip
+    add_int8_exclusions(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     add_opts(p)
     p.add_argument("images", nargs="+", help="calibration images (the first --count are compared)")
