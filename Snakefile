@@ -1,10 +1,12 @@
 """panoptic-deploy: PanopticFCN checkpoint -> ONNX -> FP32/FP16/INT8 models -> engines -> benchmarks -> report.
 
-    snakemake --cores 1 results/report.md     # everything (the default target)
+    snakemake --cores 1                       # everything, then fail if a release gate fails
+    snakemake --cores 1 results/report.md     # everything, whatever the gates say
     snakemake -n results/report.md            # what would run
 
 Outputs are under results/ only: weights/, onnx/, calibration/, reference/, engines/<backend>/<device>/,
-bench/<backend>/, report.md + report/, and logs/ + benchmarks/ (per-job wall time and memory).
+bench/<device>/<backend>/, verdict.json, report.md + report/, and logs/ + benchmarks/ (per-job wall time and
+memory).
 config/README.md documents every config key; workflow/rules/common.smk validates them at start.
 A job killed mid-write (SIGKILL, out of memory) leaves a hidden temporary file ('.<name>.pdtmp-...') next to its
 output; the next run removes those of writers that no longer run when it starts (onstart below).
@@ -37,7 +39,13 @@ onstart:
     sweep_results()
 
 
+onerror:
+    report_after_failure()
+
+
 rule all:
     default_target: True
     input:
         "results/report.md",
+        "results/verdict.passed",
+        polygraphy_files(),

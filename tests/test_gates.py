@@ -39,6 +39,7 @@ from panoptic_deploy.gates import (
     gates_from_config,
     read_verdict,
     verdict_markdown,
+    verdict_of_files,
     write_verdict,
 )
 from panoptic_deploy.modeling import OUTPUT_NAMES
@@ -61,6 +62,7 @@ def _result(
     gt_pq: float | None = None,
     n: int = 7,
     device: str = "cpu",
+    device_name: str = "cpu",
 ) -> BenchResult:
     summary = None if gt_pq is None else PQSummary(gt_pq, 0.8, gt_pq / 0.8, n)
     return BenchResult(
@@ -68,7 +70,7 @@ def _result(
         backend=backend,
         precision=precision,
         device=device,
-        device_name="cpu",
+        device_name=device_name,
         input_shape=(1, 3, 64, 96),
         settings=BenchSettings(1, 4, 2, ("a.png",)),
         latency=Latency(_stats(p50), _stats(1.0), _stats(1.0), _stats(p50 + 2.0)),
@@ -135,18 +137,27 @@ def test_ground_truth_drop_and_speedup(rng: np.random.Generator) -> None:
 def test_fidelity_when_no_ground_truth_and_limits_are_inclusive(rng: np.random.Generator) -> None:
     fidelity = float(rng.uniform(0.95, 0.99))
     drop = 100.0 * (1.0 - fidelity)
+    gpu = "NVIDIA H100 80GB HBM3"
     results = [
-        _result("torch", "fp32", p50=100.0, fidelity_pq=1.0),
-        _result("tensorrt", "int8", p50=25.0, fidelity_pq=fidelity, device="cuda"),
+        _result("torch", "fp32", p50=1000.0, fidelity_pq=1.0),  # the CPU's baseline: not the GPU rows'
+        _result("torch", "fp32", p50=100.0, fidelity_pq=1.0, device="cuda", device_name=gpu),
+        _result("tensorrt", "int8", p50=25.0, fidelity_pq=fidelity, device="cuda", device_name=gpu),
     ]
     verdict = evaluate_gates(results, Gates({"int8": Gate(max_pq_drop=drop, min_speedup=4.0)}), created="t")
+    # The speedup is against the torch FP32 row on the same GPU (4x), as in the report's table for that GPU;
+    # both baselines are ungated.
     assert [(r.row, r.measured, r.basis, r.status) for r in verdict.rows] == [
-        (f"{MODEL} tensorrt int8 (cuda)", drop, "fidelity vs torch FP32", "PASS"),
-        (f"{MODEL} tensorrt int8 (cuda)", 4.0, "network p50", "PASS"),
+        (f"{MODEL} tensorrt int8 on {gpu}", drop, "fidelity vs torch FP32", "PASS"),
+        (f"{MODEL} tensorrt int8 on {gpu}", 4.0, "network p50", "PASS"),
     ]
     assert verdict.status == "PASS" and verdict.exit_code() == 0
     tighter = evaluate_gates(results, Gates({"int8": Gate(max_pq_drop=drop - 1e-9)}), created="t")
     assert tighter.status == "FAIL"
+    # Without a torch FP32 row on that GPU, the CPU's is not taken: the speedup is not measured.
+    speedup_only = Gates({"int8": Gate(min_speedup=4.0)})
+    no_gpu_base = evaluate_gates([results[0], results[2]], speedup_only, created="t")
+    assert [(r.measured, r.status) for r in no_gpu_base.rows] == [(None, "NOT RUN")]
+    assert "on this device" in no_gpu_base.rows[0].detail
 
 
 def test_unmeasurable_gates_and_failures(rng: np.random.Generator) -> None:
@@ -221,6 +232,26 @@ def test_collect_rows_tolerates_missing_and_broken_files(tmp_path: Path) -> None
     assert failures[0].error == f"{broken}: not valid JSON (Expecting ',' delimiter at line 1)"
     assert failures[1].error == "RuntimeError: CUDA out of memory"
     assert failures[2].error is None
+
+
+def test_expected_rows_from_the_plan_name_gpu_rows_by_their_type(tmp_path: Path) -> None:
+    log = tmp_path / "results/logs/bench_engine/l40s/tensorrt/m.int8.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("RuntimeError: engine was built for another GPU\n", encoding="utf-8")
+    plan_rows = [
+        {"model": "m", "backend": "tensorrt", "precision": "int8", "device": "l40s",
+         "bench": str(tmp_path / "results/bench/l40s/tensorrt/m.int8.json"), "log": str(log)},
+        {"model": "m", "backend": "onnxruntime", "precision": "int8", "device": "cpu",
+         "bench": str(tmp_path / "results/bench/cpu/onnxruntime/m.int8.json"), "log": str(log) + ".none"},
+    ]  # fmt: skip
+    expected = [ExpectedRow.from_json(row) for row in plan_rows]
+    assert expected[0] == ExpectedRow("m", "tensorrt", "int8", Path(plan_rows[0]["bench"]), log, "l40s")
+    verdict = verdict_of_files(expected, Gates({"int8": Gate(max_pq_drop=2.0)}))
+    # CPU rows first, then each GPU type; the row names the GPU type its path asked for.
+    assert [(r.row, r.status, r.detail[:13]) for r in verdict.rows] == [
+        ("m onnxruntime int8", "NOT RUN", "no result: th"),
+        ("m tensorrt int8 on l40s", "FAIL", "RuntimeError:"),
+    ]
 
 
 def test_verdict_file_round_trips_and_the_table_names_every_row(tmp_path: Path) -> None:

@@ -74,6 +74,14 @@ def test_cpu_only_plan(tmp_path: Path) -> None:
         f"results/engines/onnxruntime/cpu/m_64x96.{q}.onnx" for q in ("fp32", "fp16", "int8")
     ]
     assert len(p.bench_files()) == 2 * 4 and "results/bench/cpu/torch/m_96x64.fp32.json" in p.bench_files()
+    # The verdict names every planned row, with the log its benchmark rule writes (workflow/rules/bench.smk).
+    assert [e["bench"] for e in p.expected_rows()] == p.bench_files()
+    assert {e["log"] for e in p.expected_rows() if e["bench"].endswith("m_96x64.int8.json")} == {
+        "results/logs/bench_engine/cpu/onnxruntime/m_96x64.int8.log"
+    }
+    assert {e["log"] for e in p.expected_rows() if e["backend"] == "torch" and "m_64x96" in e["bench"]} == {
+        "results/logs/bench_torch/cpu/torch/m_64x96.fp32.log"
+    }
     assert len(p.calibration_images) == 2 and p.example_image == "eval0.png"
 
 

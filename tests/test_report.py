@@ -11,7 +11,8 @@ from PIL import Image
 import pipeline_artifacts as pa
 from panoptic_deploy.bench.results import read_bench
 from panoptic_deploy.errors import BenchError
-from panoptic_deploy.report import SkippedCombo, skipped_from_json, write_report
+from panoptic_deploy.gates import read_verdict
+from panoptic_deploy.report import SkippedCombo, report_after_failure, skipped_from_json, write_report
 
 SKIPPED = [
     {
@@ -111,6 +112,62 @@ def test_invalid_input_writes_nothing(art: pa.Artifacts, tmp_path: Path) -> None
     assert not (tmp_path / "report.md").exists() and not (tmp_path / "report").exists()
     with pytest.raises(BenchError, match="no benchmark results"):
         write_report([], tmp_path / "report.md")
+
+
+def _expected(tmp_path: Path, art: pa.Artifacts) -> list[dict[str, str]]:
+    """The plan's rows of a run where the torch row finished, ONNX Runtime FP16 failed (its log says why)
+    and ONNX Runtime INT8 never ran."""
+    assert art.bench_torch is not None
+    log = tmp_path / "logs" / "ort.fp16.log"
+    log.parent.mkdir()
+    log.write_text("Traceback (most recent call last):\nonnxruntime.InvalidProtobuf: bad engine\n", "utf-8")
+    row = {"model": pa.MODEL, "device": "cpu"}
+    return [
+        {**row, "backend": "torch", "precision": "fp32", "bench": str(art.bench_torch), "log": str(log)},
+        {**row, "backend": "onnxruntime", "precision": "fp16", "bench": str(tmp_path / "x.json"),
+         "log": str(log)},
+        {**row, "backend": "onnxruntime", "precision": "int8", "bench": str(tmp_path / "y.json"),
+         "log": str(tmp_path / "never.log")},
+    ]  # fmt: skip
+
+
+def test_report_after_failure_names_the_failed_and_not_run_rows(art: pa.Artifacts, tmp_path: Path) -> None:
+    expected = _expected(tmp_path, art)
+    out, verdict_path = tmp_path / "results" / "report.md", tmp_path / "results" / "verdict.json"
+    verdict = report_after_failure(expected, {"int8": {"max_pq_drop": 2.0}}, verdict_path, out)
+    assert verdict is not None and read_verdict(verdict_path) == verdict
+    assert [(r.row, r.gate, r.status, r.detail) for r in verdict.rows] == [
+        (f"{pa.MODEL} onnxruntime fp16", "completes", "FAIL", "onnxruntime.InvalidProtobuf: bad engine"),
+        (
+            f"{pa.MODEL} onnxruntime int8",
+            "completes",
+            "NOT RUN",
+            "no result: the benchmark did not run (an upstream job failed or was not run)",
+        ),
+    ]
+    text = out.read_text(encoding="utf-8")
+    # The verdict opens the report, before the environment; the row that finished is reported as usual.
+    assert text.index("## Verdict") < text.index("## Environment") < text.index("## Results")
+    assert "**FAIL** (0 PASS, 1 FAIL, 1 NOT RUN)." in text
+    assert (
+        f"| {pa.MODEL} onnxruntime fp16 | completes | – | **FAIL**: onnxruntime.InvalidProtobuf: bad engine |"
+        in text
+    )
+    assert list(_table_rows(text)) == ["torch fp32"]
+    assert (out.parent / "report" / f"panoptic_{pa.MODEL}.png").is_file()
+
+    # Nothing failed: nothing written (the report rule ran).
+    again = tmp_path / "again"
+    assert report_after_failure(expected[:1], None, again / "verdict.json", again / "report.md") is None
+    assert not again.exists()
+
+    # Nothing finished: a report with the verdict alone, no plots.
+    none = tmp_path / "none"
+    verdict = report_after_failure(expected[1:], None, none / "verdict.json", none / "report.md")
+    assert verdict is not None and verdict.status == "FAIL"
+    text = (none / "report.md").read_text(encoding="utf-8")
+    assert "No benchmark produced a result" in text and "## Environment" not in text
+    assert sorted(p.name for p in none.iterdir()) == ["report.md", "verdict.json"]
 
 
 # trtexec 11.x's warning after a failed capture (samples/common/sampleInference.cpp, release/11.1).

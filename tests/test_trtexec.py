@@ -193,6 +193,13 @@ def test_command_has_the_flags_of_each_trtexec_version() -> None:
     assert trtexec_command("e.plan", exe, 50, True, V11) == base
     assert trtexec_command("e.plan", exe, 50, False, V11) == [*base, "--noCudaGraph"]
     assert trtexec_command("e.plan", exe, 50, False, TrtexecVersion(11, 0, 0, 114))[-1] == "--noCudaGraph"
+    # Per-layer files, from a profiled run of their own (the timed run stays unprofiled), in both versions.
+    exports = ["--separateProfileRun", "--exportProfile=p.json", "--profilingVerbosity=detailed",
+               "--exportLayerInfo=l.json"]  # fmt: skip
+    for version, flags in ((V10, ["--noDataTransfers"]), (V11, ["--noCudaGraph"])):
+        command = trtexec_command("e.plan", exe, 50, False, version, "p.json", "l.json")
+        assert command == [*base, *flags, *exports]
+    assert trtexec_command("e.plan", exe, 50, True, V11, None, "l.json") == [*base, *exports[2:]]
 
 
 def test_graph_state_and_warnings_are_read_from_the_log() -> None:

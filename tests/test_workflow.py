@@ -167,6 +167,7 @@ def tiny_outputs(ort_key: str) -> dict[str, set[str]]:
     engines = f"results/engines/onnxruntime/{ort_key}"
     m = TINY_MODEL
     report = {
+        "results/verdict.json",
         "results/report.md",
         "results/report/latency.png",
         "results/report/accuracy_vs_speed.png",
@@ -314,6 +315,85 @@ def test_changing_a_bench_setting_reruns_only_benchmarks_and_report(clone: Path,
     _write_config(clone, cfg)
     groups = tiny_outputs(ort_key)
     assert dry_run_outputs(clone) == groups["bench"] | groups["report"]
+
+
+def test_an_impossible_gate_fails_the_run_naming_the_row_and_still_writes_the_report(
+    clone: Path, ort_key: str
+) -> None:
+    cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
+    nothing = {"max_pq_drop": None, "min_speedup": None}
+    cfg["gates"] = {"fp32": nothing, "fp16": nothing, "int8": {"max_pq_drop": None, "min_speedup": 1000.0}}
+    _write_config(clone, cfg)
+    # A gate is an input of the verdict and the report only.
+    assert dry_run_outputs(clone) == tiny_outputs(ort_key)["report"]
+    proc = snakemake(clone, "--cores", "2")  # the default target: the report, then the gates' check
+    assert proc.returncode != 0
+    out = _combined(proc)
+    assert "error: release gates FAIL: 1 FAIL, 0 NOT RUN of 1" in out
+    assert f"  FAIL: {TINY_MODEL} onnxruntime int8: speedup >= 1000x, measured " in out
+    verdict = json.loads((clone / "results/verdict.json").read_text(encoding="utf-8"))
+    assert verdict["status"] == "FAIL"
+    assert [(r["row"], r["status"]) for r in verdict["rows"]] == [(f"{TINY_MODEL} onnxruntime int8", "FAIL")]
+    report = (clone / "results/report.md").read_text(encoding="utf-8")
+    assert report.index("**FAIL** (0 PASS, 1 FAIL, 0 NOT RUN).") < report.index("## Results")
+    assert not (clone / "results/verdict.passed").exists()
+
+    # Gates the rows meet: the same target succeeds and leaves its marker.
+    cfg["gates"]["int8"]["min_speedup"] = 1e-6
+    _write_config(clone, cfg)
+    proc = snakemake(clone, "--cores", "2")
+    assert proc.returncode == 0, _combined(proc)[-3000:]
+    assert (clone / "results/verdict.passed").read_text(encoding="utf-8").startswith("PASS ")
+    assert "**PASS** (1 PASS, 0 FAIL, 0 NOT RUN)." in (clone / "results/report.md").read_text("utf-8")
+
+    # The default target also wrote the Polygraphy files, and NVIDIA's checker passes our FP32 engine
+    # against them (median error per output: an instance row reordered by a near-tie is not the question).
+    polygraphy = clone / "results" / "polygraphy"
+    inputs, outputs = polygraphy / f"{TINY_MODEL}.inputs.json", polygraphy / f"{TINY_MODEL}.torch_fp32.json"
+    command = [
+        str(Path(sys.executable).parent / "polygraphy"), "run", "--onnxrt",
+        str(clone / f"results/engines/onnxruntime/{ort_key}/{TINY_MODEL}.fp32.onnx"),
+        "--load-inputs", str(inputs), "--load-outputs", str(outputs),
+        "--atol", "1e-3", "--rtol", "1e-3", "--check-error-stat", "median",
+    ]  # fmt: skip
+    env = {**_snakemake_env(), "POLYGRAPHY_AUTOINSTALL_DEPS": "0"}
+    checked = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    said = checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "PASSED" in said, said[-3000:]
+    assert len(json.loads(inputs.read_text(encoding="utf-8"))) == len(TINY_EVAL)  # polygraphy.images: 2
+
+
+def test_a_failed_benchmark_is_a_fail_row_of_a_complete_report(clone: Path, ort_key: str) -> None:
+    # The repository's local profile (picked up by itself): it keeps going past a failed job.
+    shutil.copytree(REPO / "profiles" / "default", clone / "profiles" / "default")
+    cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
+    nothing = {"max_pq_drop": None, "min_speedup": None}
+    cfg["gates"] = {"fp32": nothing, "fp16": nothing, "int8": nothing}  # random weights: PQ means nothing
+    _write_config(clone, cfg)
+    engine = clone / f"results/engines/onnxruntime/{ort_key}/{TINY_MODEL}.fp16.onnx"
+    engine.unlink()  # a hardlink into the shared run: replace, never write through it
+    engine.write_bytes(b"\x08\x07 not an ONNX model")
+    proc = snakemake(clone, "results/report.md")
+    assert proc.returncode != 0
+    log = clone / f"results/logs/bench_engine/cpu/onnxruntime/{TINY_MODEL}.fp16.log"
+    from panoptic_deploy.gates import error_line
+
+    error = error_line(log.read_text(encoding="utf-8"))
+    assert error, log.read_text(encoding="utf-8")
+    verdict = json.loads((clone / "results/verdict.json").read_text(encoding="utf-8"))
+    failed = [r for r in verdict["rows"] if r["status"] != "PASS"]
+    assert [(r["row"], r["gate"], r["status"], r["detail"]) for r in failed] == [
+        (f"{TINY_MODEL} onnxruntime fp16", "completes", "FAIL", error)
+    ]
+    report = (clone / "results/report.md").read_text(encoding="utf-8")
+    assert f"| {TINY_MODEL} onnxruntime fp16 | completes" in report
+    # Every other row is in the report's table, with its plots beside it.
+    table = report.split("## Results", 1)[1].split("## Not run", 1)[0]
+    rows = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")} - {"row"}
+    assert rows == {"torch fp32", "onnxruntime fp32", "onnxruntime int8"}
+    assert (clone / "results/report/latency.png").is_file()
+    said = "Wrote results/report.md and results/verdict.json for the rows that finished: FAIL"
+    assert said in _combined(proc)
 
 
 def test_interrupted_run_resumes_through_incomplete_file_handling(clone: Path, ort_key: str) -> None:

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from panoptic_deploy import __version__
-from panoptic_deploy.bench.results import BenchResult, read_bench
+from panoptic_deploy.bench.results import BenchResult, baseline_row, read_bench, row_where
 from panoptic_deploy.errors import BenchError, PanopticDeployError
 from panoptic_deploy.fileio import PathLike
 from panoptic_deploy.jsonfiles import read_checked_json, write_checked_json
 from panoptic_deploy.vocab import BENCH_BACKENDS, PRECISIONS
+
+CPU = "cpu"  # the plan's device key of CPU rows (the others are GPU types of config 'gpus')
 
 Status = Literal["PASS", "FAIL", "NOT RUN"]
 STATUSES: tuple[Status, ...] = ("PASS", "FAIL", "NOT RUN")
@@ -122,13 +124,14 @@ class RowFailure:
     backend: str
     precision: str
     error: str | None = None
+    device: str = CPU  # the plan's device: "cpu" or a GPU type of config 'gpus'
 
 
 @dataclass(frozen=True)
 class VerdictRow:
     """One gate of one benchmark row."""
 
-    row: str  # "<model> <backend> <precision>[ (cuda)]"
+    row: str  # "<model> <backend> <precision>[ on <GPU>]"
     model: str
     backend: str
     precision: str
@@ -202,22 +205,21 @@ class Verdict:
         )
 
 
-def row_label(model: str, backend: str, precision: str, device: str | None) -> str:
-    """The report's row name with the model: ``demo_416x608 onnxruntime int8`` (`` (cuda)`` on a GPU)."""
-    return f"{model} {backend} {precision}" + (" (cuda)" if device == "cuda" else "")
+def row_label(model: str, backend: str, precision: str, where: str = CPU) -> str:
+    """A row's name: ``demo_416x608 onnxruntime int8``, with `` on <GPU>`` for a GPU row (the GPU's name for
+    a result, the GPU type of the path for a row without one)."""
+    return f"{model} {backend} {precision}" + ("" if where.lower() == CPU else f" on {where}")
 
 
-def _order(model: str, backend: str, precision: str, device: str | None) -> tuple[str, int, int, str]:
-    # The report's row order: model, then backend and precision in their declared order, then device.
+def _result_label(r: BenchResult) -> str:
+    return row_label(r.model, r.backend, r.precision, row_where(r))
+
+
+def _order(model: str, backend: str, precision: str, where: str) -> tuple[str, str, int, int]:
+    # The report's row order: model, the CPU before the GPUs, then backend and precision in their order.
     b = BENCH_BACKENDS.index(backend) if backend in BENCH_BACKENDS else len(BENCH_BACKENDS)
     p = PRECISIONS.index(precision) if precision in PRECISIONS else len(PRECISIONS)
-    return (model, b, p, device or "")
-
-
-def _baseline(results: Sequence[BenchResult], model: str) -> BenchResult | None:
-    """The torch FP32 row of ``model`` the report takes as its speedup baseline (CPU before CUDA)."""
-    candidates = [r for r in results if r.model == model and r.backend == "torch" and r.precision == "fp32"]
-    return min(candidates, key=lambda r: r.device, default=None)
+    return (model, "" if where.lower() == CPU else where, b, p)
 
 
 def _gate_text(gate: Gate) -> str:
@@ -230,7 +232,7 @@ def _gate_text(gate: Gate) -> str:
 
 
 def _pq_drop_row(r: BenchResult, base: BenchResult | None, limit: float) -> VerdictRow:
-    label = row_label(r.model, r.backend, r.precision, r.device)
+    label = _result_label(r)
     common = {"row": label, "model": r.model, "backend": r.backend, "precision": r.precision}
     gt, base_gt = r.ground_truth, None if base is None else base.ground_truth
     if gt is not None and base_gt is not None:
@@ -259,12 +261,13 @@ def _pq_drop_row(r: BenchResult, base: BenchResult | None, limit: float) -> Verd
 
 
 def _speedup_row(r: BenchResult, base: BenchResult | None, limit: float) -> VerdictRow:
-    label = row_label(r.model, r.backend, r.precision, r.device)
+    label = _result_label(r)
     common = {"row": label, "model": r.model, "backend": r.backend, "precision": r.precision}
     if base is None:
         return VerdictRow(
             **common, device=r.device, gate="min_speedup", limit=limit, measured=None, basis="network p50",
-            status="NOT RUN", detail="no torch FP32 result for this model to measure the speedup against",
+            status="NOT RUN",
+            detail="no torch FP32 result for this model on this device to measure the speedup against",
         )  # fmt: skip
     speedup = base.latency.network.p50_ms / r.latency.network.p50_ms
     return VerdictRow(
@@ -282,17 +285,19 @@ def evaluate_gates(
 ) -> Verdict:
     """The verdict of ``results`` under ``gates``; ``failures`` are the requested rows without a result.
 
-    Per result row (the torch FP32 baseline row itself is not gated): one row per configured limit of its
-    precision. Per failure: one ``completes`` row, FAIL with the error line, or NOT RUN when there is none.
+    Per result row (the torch FP32 baseline rows themselves are not gated): one row per configured limit of
+    its precision, measured against the torch FP32 row of the same model on the same device (as the report's
+    tables: :func:`~panoptic_deploy.bench.results.baseline_row`). Per failure: one ``completes`` row, FAIL
+    with the error line, or NOT RUN when there is none.
     ``created`` (ISO time) defaults to now; pass it for a reproducible file.
     """
-    rows: list[tuple[tuple[str, int, int, str], VerdictRow]] = []
+    rows: list[tuple[tuple[str, str, int, int], VerdictRow]] = []
     for r in results:
-        base = _baseline(results, r.model)
+        base = baseline_row(results, r)
         if r is base:
             continue
         gate = gates.for_precision(r.precision)
-        key = _order(r.model, r.backend, r.precision, r.device)
+        key = _order(r.model, r.backend, r.precision, row_where(r))
         if gate.max_pq_drop is not None:
             rows.append((key, _pq_drop_row(r, base, gate.max_pq_drop)))
         if gate.min_speedup is not None:
@@ -307,11 +312,11 @@ def evaluate_gates(
         )
         rows.append(
             (
-                _order(f.model, f.backend, f.precision, None),
+                _order(f.model, f.backend, f.precision, f.device),
                 VerdictRow(
-                    row=row_label(f.model, f.backend, f.precision, None), model=f.model, backend=f.backend,
-                    precision=f.precision, device=None, gate="completes", limit=None, measured=None,
-                    basis=wanted, status="FAIL" if f.error else "NOT RUN", detail=detail,
+                    row=row_label(f.model, f.backend, f.precision, f.device), model=f.model,
+                    backend=f.backend, precision=f.precision, device=None, gate="completes", limit=None,
+                    measured=None, basis=wanted, status="FAIL" if f.error else "NOT RUN", detail=detail,
                 ),
             )
         )  # fmt: skip
@@ -344,6 +349,16 @@ class ExpectedRow:
     precision: str
     bench: Path
     log: Path | None = None
+    device: str = CPU
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ExpectedRow:
+        """From the plan's ``{model, backend, precision, device, bench, log}`` (Plan.expected_rows)."""
+        log = data.get("log")
+        return cls(
+            str(data["model"]), str(data["backend"]), str(data["precision"]), Path(data["bench"]),
+            None if log is None else Path(log), str(data.get("device", CPU)),
+        )  # fmt: skip
 
 
 # A Python traceback's last line ("panoptic_deploy.bench.BenchError: ...", "RuntimeError: ..."), a Snakemake
@@ -372,13 +387,19 @@ def collect_bench_rows(expected: Sequence[ExpectedRow]) -> tuple[list[BenchResul
             try:
                 results.append(read_bench(e.bench))
             except BenchError as exc:
-                failures.append(RowFailure(e.model, e.backend, e.precision, error_line(str(exc))))
+                failures.append(RowFailure(e.model, e.backend, e.precision, error_line(str(exc)), e.device))
             continue
         error = None
         if e.log is not None and e.log.is_file():
             error = error_line(e.log.read_text(encoding="utf-8", errors="replace"))
-        failures.append(RowFailure(e.model, e.backend, e.precision, error))
+        failures.append(RowFailure(e.model, e.backend, e.precision, error, e.device))
     return results, failures
+
+
+def verdict_of_files(expected: Sequence[ExpectedRow], gates: Gates) -> Verdict:
+    """The verdict of the expected rows' benchmark files as they are now (missing or broken ones included)."""
+    results, failures = collect_bench_rows(expected)
+    return evaluate_gates(results, gates, failures)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -434,4 +455,19 @@ def verdict_markdown(verdict: Verdict) -> list[str]:
         cells = [row.row, _gate_cell(row), _measured_text(row), status]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines.append("")
+    return lines
+
+
+def verdict_failure_lines(verdict: Verdict, verdict_path: PathLike, report_path: PathLike) -> list[str]:
+    """What a verdict other than PASS says on the terminal: a first ``error:`` line with the counts and the
+    files, then one line per row that did not pass (its gate, what was measured, the error or reason)."""
+    lines = [
+        f"error: release gates {verdict.status}: {verdict.count('FAIL')} FAIL, {verdict.count('NOT RUN')} "
+        f"NOT RUN of {len(verdict.rows)} (see {verdict_path} and {report_path})"
+    ]
+    for row in verdict.rows:
+        if row.status != "PASS":
+            detail = f" ({row.detail})" if row.detail else ""
+            measured = _measured_text(row)
+            lines.append(f"  {row.status}: {row.row}: {_gate_cell(row)}, measured {measured}{detail}")
     return lines

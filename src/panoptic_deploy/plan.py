@@ -59,6 +59,12 @@ class BenchRow:
     def path(self, branch: str) -> str:
         return f"results/bench/{self.device}/{self.backend}/{branch}.{self.precision}.json"
 
+    def log(self, branch: str) -> str:
+        """The benchmark job's log (rule bench_torch or bench_engine, and their GPU twins): where a failed
+        row's error line is read from."""
+        rule = "bench_torch" if self.backend in TORCH_BACKENDS else "bench_engine"
+        return f"results/logs/{rule}/{self.device}/{self.backend}/{branch}.{self.precision}.log"
+
 
 @dataclass(frozen=True)
 class Skipped:
@@ -118,6 +124,22 @@ class Plan:
 
     def bench_files(self) -> list[str]:
         return [row.path(b) for b in self.branches for row in self.rows]
+
+    def expected_rows(self) -> list[dict[str, str]]:
+        """Every benchmark row of the plan as ``{model, backend, precision, device, bench, log}`` (plain
+        values: the workflow passes them to the verdict as params): what a missing result is named by."""
+        return [
+            {
+                "model": b,
+                "backend": row.backend,
+                "precision": row.precision,
+                "device": row.device,
+                "bench": row.path(b),
+                "log": row.log(b),
+            }
+            for b in self.branches
+            for row in self.rows
+        ]
 
     def trtexec_files(self) -> list[str]:
         if not self.trtexec:

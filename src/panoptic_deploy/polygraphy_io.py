@@ -140,10 +140,11 @@ def write_reference_for_polygraphy(
     inputs_out: PathLike,
     outputs_out: PathLike,
     opts: Sequence[str] = (),
+    max_images: int | None = None,
 ) -> int:
     """From the torch FP32 reference (``write_reference``'s .npz): the network input of each of its
-    images, prepared exactly as the benchmarks prepare them, to ``inputs_out``, and its recorded network
-    outputs to ``outputs_out``. Returns the number of images."""
+    images (the first ``max_images``, default all), prepared exactly as the benchmarks prepare them, to
+    ``inputs_out``, and its recorded network outputs to ``outputs_out``. Returns the number of images."""
     from panoptic_deploy.bench.reference import read_reference
     from panoptic_deploy.modeling import INPUT_NAME, OUTPUT_NAMES
     from panoptic_deploy.preprocess import prepare_at_size
@@ -154,8 +155,9 @@ def write_reference_for_polygraphy(
     spec.check_categories(ref.categories)
     input_params = spec.input_params
     hw = ref.input_shape[2:]
-    feeds = [{INPUT_NAME: prepare_at_size(im.path, input_params, hw).tensor.numpy()} for im in ref.images]
-    outputs = [{name: im.outputs[name] for name in OUTPUT_NAMES} for im in ref.images]
+    images = ref.images[:max_images] if max_images is not None else ref.images
+    feeds = [{INPUT_NAME: prepare_at_size(im.path, input_params, hw).tensor.numpy()} for im in images]
+    outputs = [{name: im.outputs[name] for name in OUTPUT_NAMES} for im in images]
     write_polygraphy_inputs(inputs_out, feeds)
     write_polygraphy_outputs(outputs_out, outputs)
     return len(feeds)

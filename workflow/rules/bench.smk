@@ -100,11 +100,14 @@ use rule bench_engine as bench_engine_gpu with:
 if PLAN.trtexec:
 
     rule trtexec_tensorrt:
-        """NVIDIA trtexec times the same engine file (the C++ path): its GPU compute time beside ours."""
+        """NVIDIA trtexec times the same engine file (the C++ path): its GPU compute time beside ours, and
+        its per-layer times and layer information (precision, tactic) in trtexec's own JSON beside it."""
         input:
             engine="results/engines/tensorrt/{gpu}/{model}.{precision}.engine",
         output:
-            "results/trtexec/{gpu}/{model}.{precision}.json",
+            check="results/trtexec/{gpu}/{model}.{precision}.json",
+            profile="results/trtexec/{gpu}/{model}.{precision}.profile.json",
+            layer_info="results/trtexec/{gpu}/{model}.{precision}.layers.json",
         log:
             "results/logs/trtexec_tensorrt/{gpu}/{model}.{precision}.log",
         benchmark:

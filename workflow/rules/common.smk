@@ -203,6 +203,13 @@ def gpu_model(wildcards):
     return wildcards.gpu
 
 
+def polygraphy_files():
+    """The Polygraphy JSON of every branch (config polygraphy.images > 0): part of the default target."""
+    if config["polygraphy"]["images"] == 0:
+        return []
+    return expand("results/polygraphy/{model}.{kind}.json", model=PLAN.branches, kind=["inputs", "torch_fp32"])
+
+
 # --------------------------------------------------------------------------------------------------------
 # Start of a run (onstart in the Snakefile: real runs with jobs to do, never dry-runs)
 
@@ -220,3 +227,34 @@ def sweep_results():
         print(f"Removed {len(removed)} temporary file(s) left by killed jobs under results/:")
         for path in removed:
             print(f"    {path}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# End of a failed run (onerror in the Snakefile)
+
+
+def report_after_failure():
+    """After a failed run: the verdict and the report of the rows that finished, each missing row a FAIL
+    with its job's error line or NOT RUN (panoptic_deploy.report.report_after_failure); nothing when no
+    benchmark is missing (then the report rule ran, or failed on its own)."""
+    from panoptic_deploy.errors import first_line
+    from panoptic_deploy.report import report_after_failure as write_after_failure
+
+    try:
+        verdict = write_after_failure(
+            PLAN.expected_rows(),
+            config["gates"],
+            "results/verdict.json",
+            "results/report.md",
+            skipped=PLAN.skipped_json(),
+            example_image=PLAN.example_image,
+            trtexec_files=PLAN.trtexec_files(),
+        )
+    except Exception as exc:  # the run failed already; say why the report could not follow
+        print(f"error: no report after the failure: {first_line(exc)}")
+        return
+    if verdict is not None:
+        print(
+            f"Wrote results/report.md and results/verdict.json for the rows that finished: {verdict.status} "
+            f"({verdict.count('FAIL')} FAIL, {verdict.count('NOT RUN')} NOT RUN)."
+        )

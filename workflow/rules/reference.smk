@@ -23,3 +23,26 @@ rule reference_outputs:
         version=PACKAGE_VERSION,
     script:
         "../scripts/reference_outputs.py"
+
+
+rule polygraphy_files:
+    """The first polygraphy.images evaluation images' network inputs and torch FP32 outputs as Polygraphy
+    JSON, so that NVIDIA's checker compares any engine with our reference (docs/engines.md):
+    polygraphy run <engine> --trt --load-inputs <inputs> --load-outputs <outputs>."""
+    input:
+        reference="results/reference/{model}.npz",
+        images=eval_images,
+    output:
+        inputs="results/polygraphy/{model}.inputs.json",
+        outputs="results/polygraphy/{model}.torch_fp32.json",
+    log:
+        "results/logs/polygraphy_files/{model}.log",
+    conda:
+        CPU_ENV
+    params:
+        config=model_config,
+        opts=model_opts,
+        images=config["polygraphy"]["images"],
+        version=PACKAGE_VERSION,
+    script:
+        "../scripts/polygraphy_files.py"

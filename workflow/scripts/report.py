@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 log_to_job_file(snakemake)  # first: everything this job prints, warns or raises goes to its log file
 
+from panoptic_deploy.gates import read_verdict  # noqa: E402
 from panoptic_deploy.report import write_report  # noqa: E402
 
 summary = write_report(
@@ -20,5 +21,6 @@ summary = write_report(
     skipped=snakemake.params.skipped,
     example_image=snakemake.params.example_image,
     trtexec_files=snakemake.input.trtexec,
+    verdict=read_verdict(snakemake.input.verdict),
 )
 print(summary)

@@ -19,9 +19,11 @@ check, output = run_trtexec(
     snakemake.input.engine,
     iterations=snakemake.params.iterations,
     cuda_graph=snakemake.params.cuda_graph,
+    profile=snakemake.output.profile,
+    layer_info=snakemake.output.layer_info,
 )
 print(output)
-write_trtexec_check(check, snakemake.output[0])
+write_trtexec_check(check, snakemake.output.check)
 median = check.gpu_compute_median_ms
 print(f"{check.engine}: trtexec GPU compute median {median} ms, CUDA graph {check.cuda_graph}")
 for warning in check.warnings:

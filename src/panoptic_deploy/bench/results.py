@@ -295,3 +295,25 @@ def read_bench(path: PathLike) -> BenchResult:
     """Read and validate a benchmark result; :class:`BenchError` names the file and the offending key."""
     data = read_checked_json(path, "bench.schema.json", "benchmark result", BenchError)
     return from_json(BenchResult, data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Which rows compare with which (the report's tables and the release gates)
+
+
+def row_where(r: BenchResult) -> str:
+    """The device a row ran on: the GPU's name, or "CPU" (ONNX Runtime and the CPU torch rows)."""
+    return r.device_name if r.device == "cuda" else "CPU"
+
+
+def row_group(r: BenchResult) -> tuple[str, str]:
+    """Rows are grouped by model branch and device: each GPU type is its own table with its own baseline."""
+    return (r.model, row_where(r))
+
+
+def baseline_row(rows: Sequence[BenchResult], row: BenchResult) -> BenchResult | None:
+    """The torch FP32 row of ``row``'s model on ``row``'s device (the speedup baseline)."""
+    for r in rows:
+        if row_group(r) == row_group(row) and r.backend == "torch" and r.precision == "fp32":
+            return r
+    return None

@@ -379,6 +379,9 @@ def build_trt_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     config.builder_optimization_level = optimization_level
+    # Detailed layer information in the plan (precision, tactic, formats of every layer) for the engine
+    # inspector and trtexec --exportLayerInfo; the runner keeps NVTX annotations at layer names.
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     cache_status = _attach_timing_cache(config, timing_cache_path, engine_path)
 
     device = torch.cuda.current_device()

@@ -19,6 +19,7 @@ Two things make trtexec version-specific (read in NVIDIA/TensorRT ``samples/comm
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -31,7 +32,7 @@ from typing import Any
 from panoptic_deploy import __version__
 from panoptic_deploy.engines.sidecar import read_sidecar, sidecar_path
 from panoptic_deploy.errors import EngineError
-from panoptic_deploy.fileio import file_sha256
+from panoptic_deploy.fileio import atomic_path, file_sha256
 from panoptic_deploy.jsonfiles import read_checked_json, write_checked_json
 
 SCHEMA_VERSION = 2
@@ -187,21 +188,41 @@ def trtexec_flags(version: TrtexecVersion, cuda_graph: bool) -> list[str]:
     return [] if cuda_graph else ["--noCudaGraph"]
 
 
+def export_flags(
+    profile: str | os.PathLike[str] | None, layer_info: str | os.PathLike[str] | None
+) -> list[str]:
+    """trtexec's per-layer files: ``--exportProfile`` (each layer's time, from a profiled run of its own:
+    ``--separateProfileRun`` keeps the profiler out of the timed run whose median we record) and
+    ``--exportLayerInfo`` (each layer's precision, tactic and formats; complete for engines built with
+    detailed profiling verbosity, as ours are, with ``--profilingVerbosity=detailed``). Both flags exist in
+    trtexec 10.x and 11.x (sampleOptions.cpp)."""
+    flags = []
+    if profile is not None:
+        flags += ["--separateProfileRun", f"--exportProfile={profile}"]
+    if layer_info is not None:
+        flags += ["--profilingVerbosity=detailed", f"--exportLayerInfo={layer_info}"]
+    return flags
+
+
 def trtexec_command(
     engine_path: str | os.PathLike[str],
     exe: str,
     iterations: int,
     cuda_graph: bool,
     version: TrtexecVersion,
+    profile: str | os.PathLike[str] | None = None,
+    layer_info: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """The command line: load the plan, time at least ``iterations`` inferences (trtexec's defaults for the
     warm-up of 200 ms and the 3 s minimum duration stay), without host<->device copies, with or without a
-    CUDA graph, in the flags of trtexec ``version``."""
+    CUDA graph, in the flags of trtexec ``version``; with ``profile`` / ``layer_info``, the per-layer files
+    of :func:`export_flags`."""
     return [
         exe,
         f"--loadEngine={engine_path}",
         f"--iterations={iterations}",
         *trtexec_flags(version, cuda_graph),
+        *export_flags(profile, layer_info),
     ]
 
 
@@ -251,13 +272,17 @@ def run_trtexec(
     cuda_graph: bool = False,
     exe: str | None = None,
     tensorrt_version: str | None = None,
+    profile: str | os.PathLike[str] | None = None,
+    layer_info: str | os.PathLike[str] | None = None,
 ) -> tuple[TrtexecCheck, str]:
     """Run trtexec on ``engine_path`` -> (the check, trtexec's whole output for the log).
 
     ``exe``: the trtexec program (default: ``trtexec`` on PATH). ``tensorrt_version``: the TensorRT version
     that built the engine (default: the one in its sidecar, if any); a trtexec of another version is refused
-    before it runs. :class:`EngineError` names the engine when trtexec is missing or of another version,
-    exits non-zero (with its last output line) or prints no timing summary.
+    before it runs. ``profile`` / ``layer_info``: where trtexec writes its per-layer times and layer
+    information (:func:`export_flags`); each is written through a temporary file and renamed into place only
+    when trtexec succeeded. :class:`EngineError` names the engine when trtexec is missing or of another
+    version, exits non-zero (with its last output line) or prints no timing summary.
     """
     path = Path(engine_path)
     if not path.is_file():
@@ -272,12 +297,21 @@ def run_trtexec(
         raise EngineError(f"{path}: {exc}") from None
     if expected is not None and (reason := version_mismatch(version, expected)) is not None:
         raise EngineError(f"{path}: {reason} ({program})")
-    cmd = trtexec_command(path, program, iterations, cuda_graph, version)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        tail = output.strip().splitlines()[-1:] or ["no output"]
-        raise EngineError(f"{path}: trtexec exited with {proc.returncode}: {tail[0]}")
+    with contextlib.ExitStack() as stack:
+        # trtexec writes the files itself: into temporaries that are renamed only after it succeeded.
+        tmp_profile = None if profile is None else stack.enter_context(atomic_path(profile))
+        tmp_layers = None if layer_info is None else stack.enter_context(atomic_path(layer_info))
+        cmd = trtexec_command(path, program, iterations, cuda_graph, version, tmp_profile, tmp_layers)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        output = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            tail = output.strip().splitlines()[-1:] or ["no output"]
+            raise EngineError(f"{path}: trtexec exited with {proc.returncode}: {tail[0]}")
+        for asked, tmp in ((profile, tmp_profile), (layer_info, tmp_layers)):
+            if tmp is not None and tmp.stat().st_size == 0:
+                raise EngineError(f"{path}: trtexec exited 0 but wrote nothing to {asked}")
+    # The record names the files where they are now, not the temporaries trtexec wrote.
+    cmd = trtexec_command(path, program, iterations, cuda_graph, version, profile, layer_info)
     try:
         median, mean = parse_gpu_compute_ms(output)
         graph = parse_cuda_graph(output)

@@ -18,10 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from panoptic_deploy import __version__
-from panoptic_deploy.bench.results import BenchResult, read_bench
+from panoptic_deploy.bench.results import BenchResult, baseline_row, read_bench, row_group
 from panoptic_deploy.engines.trtexec import TrtexecCheck, read_trtexec_check
 from panoptic_deploy.errors import BenchError
 from panoptic_deploy.fileio import PathLike, atomic_files
+from panoptic_deploy.gates import (
+    ExpectedRow,
+    Verdict,
+    collect_bench_rows,
+    evaluate_gates,
+    gates_from_config,
+    verdict_markdown,
+    write_verdict,
+)
 from panoptic_deploy.report.plots import (
     PLOT_ACCURACY_SPEED,
     PLOT_LATENCY,
@@ -30,11 +39,9 @@ from panoptic_deploy.report.plots import (
     plot_panoptic,
 )
 from panoptic_deploy.report.tables import (
-    baseline_row,
     environment_lines,
     error_table,
     results_table,
-    row_group,
     row_key,
     row_label,
     trtexec_lines,
@@ -46,6 +53,7 @@ __all__ = [
     "PLOT_LATENCY",
     "ReportSummary",
     "SkippedCombo",
+    "report_after_failure",
     "skipped_from_json",
     "write_report",
 ]
@@ -90,27 +98,30 @@ class ReportSummary:
 
 
 def write_report(
-    bench_files: Sequence[PathLike],
+    bench: Sequence[PathLike] | Sequence[BenchResult],
     output: PathLike,
     plots_dir: PathLike | None = None,
     skipped: Sequence[SkippedCombo | Mapping[str, Any]] = (),
     example_image: str | None = None,
     trtexec_files: Sequence[PathLike] = (),
+    verdict: Verdict | None = None,
 ) -> ReportSummary:
     """Write the Markdown report ``output`` and its PNG plots into ``plots_dir`` (default: a folder named like
     ``output`` without suffix, e.g. ``results/report/`` for ``results/report.md``).
 
-    ``bench_files``: benchmark JSONs (validated on read). ``skipped``: combinations that did not run here, as
-    :class:`SkippedCombo` or ``{"backend", "precision", "reason"}`` dicts; each becomes one plain line.
-    ``example_image``: file name or stem of the evaluation image to show per row (default: the first).
-    ``trtexec_files``: trtexec cross-checks (:mod:`panoptic_deploy.engines.trtexec`), set beside the
-    benchmark row that ran the same engine file.
+    ``bench``: benchmark JSONs (validated on read) or results already read. ``skipped``: combinations that did
+    not run here, as :class:`SkippedCombo` or ``{"backend", "precision", "reason"}`` dicts; each becomes one
+    plain line. ``example_image``: file name or stem of the evaluation image to show per row (default: the
+    first). ``trtexec_files``: trtexec cross-checks (:mod:`panoptic_deploy.engines.trtexec`), set beside the
+    benchmark row that ran the same engine file. ``verdict``: the release gates' verdict, the report's opening
+    section; with one, a report without any result is still written (every row failed or did not run), and
+    without plots.
     """
     output = Path(output)
     plots = Path(plots_dir) if plots_dir is not None else output.with_suffix("")
-    if not bench_files:
+    if not bench and verdict is None:
         raise BenchError(f"{output}: no benchmark results to report")
-    rows = sorted((read_bench(p) for p in bench_files), key=row_key)
+    rows = sorted((b if isinstance(b, BenchResult) else read_bench(b) for b in bench), key=row_key)
     checks = [read_trtexec_check(p) for p in trtexec_files]
     skipped_list = [s if isinstance(s, SkippedCombo) else skipped_from_json([s])[0] for s in skipped]
     models = sorted({r.model for r in rows})
@@ -120,6 +131,10 @@ def write_report(
     # place last (after its old version was removed), so a report always shows the plots beside it.
     with atomic_files() as files:
         written: list[Path] = []
+        if not rows:
+            text = _report_text(rows, models, checks, skipped_list, {}, output, plots, verdict)
+            files.path(output).write_text(text, encoding="utf-8")
+            return ReportSummary(str(output), (), 0, len(skipped_list))
         plot_latency(rows, files.path(plots / PLOT_LATENCY), with_model)
         written.append(plots / PLOT_LATENCY)
         plot_accuracy_speed(rows, files.path(plots / PLOT_ACCURACY_SPEED), with_model)
@@ -132,9 +147,34 @@ def write_report(
             path = plots / f"panoptic_{model}.png"
             examples[model] = (path, plot_panoptic(model_rows, files.path(path), chosen))
             written.append(path)
-        text = _report_text(rows, models, checks, skipped_list, examples, output, plots)
+        text = _report_text(rows, models, checks, skipped_list, examples, output, plots, verdict)
         files.path(output).write_text(text, encoding="utf-8")
     return ReportSummary(str(output), tuple(str(p) for p in written), len(rows), len(skipped_list))
+
+
+def report_after_failure(
+    expected: Sequence[Mapping[str, Any]],
+    gates: Mapping[str, Any] | None,
+    verdict_path: PathLike,
+    output: PathLike,
+    *,
+    skipped: Sequence[SkippedCombo | Mapping[str, Any]] = (),
+    example_image: str | None = None,
+    trtexec_files: Sequence[PathLike] = (),
+) -> Verdict | None:
+    """The verdict and the report of a run in which jobs failed (the workflow's onerror): the rows whose
+    benchmark file is there and valid, every other expected row a FAIL with its job log's error line, or NOT
+    RUN when its job never ran (an upstream job failed). ``expected``: the plan's rows
+    (``Plan.expected_rows``); ``gates``: config ``gates``. Writes nothing and returns ``None`` when no row is
+    missing: then no benchmark failed, and the verdict and report rules ran (or failed themselves)."""
+    results, failures = collect_bench_rows([ExpectedRow.from_json(row) for row in expected])
+    if not failures:
+        return None
+    verdict = evaluate_gates(results, gates_from_config(gates), failures)
+    write_verdict(verdict, verdict_path)
+    checks = [p for p in trtexec_files if Path(p).is_file()]  # those whose job finished
+    write_report(results, output, None, skipped, example_image, checks, verdict)
+    return verdict
 
 
 def _report_text(
@@ -145,6 +185,7 @@ def _report_text(
     examples: Mapping[str, tuple[Path, str]],
     output: Path,
     plots: Path,
+    verdict: Verdict | None,
 ) -> str:
     """The Markdown of :func:`write_report`, section by section."""
 
@@ -161,6 +202,12 @@ def _report_text(
         "panoptic output with the reference output as ground truth, pixel agreement of the category maps, "
         "and the largest absolute error over the float outputs.",
         "",
+        *(verdict_markdown(verdict) if verdict is not None else []),
+    ]
+    if not rows:
+        lines += ["No benchmark produced a result: see the verdict for each row's error.", ""]
+        return "\n".join(lines + _skipped_lines(skipped_list)).rstrip() + "\n"
+    lines += [
         "## Environment",
         "",
         *environment_lines(unique_environments(rows)),

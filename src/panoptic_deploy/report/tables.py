@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from panoptic_deploy.bench.results import BenchResult, Environment
+from panoptic_deploy.bench.results import BenchResult, Environment, baseline_row, row_where
 from panoptic_deploy.engines.trtexec import TrtexecCheck
 from panoptic_deploy.vocab import BENCH_BACKENDS
 from panoptic_deploy.vocab import PRECISIONS as BENCH_PRECISIONS
@@ -21,24 +21,6 @@ def row_key(r: BenchResult) -> tuple[str, str, int, int]:
 def row_label(r: BenchResult, with_model: bool) -> str:
     text = f"{r.backend} {r.precision}" + (" (cuda)" if r.device == "cuda" else "")
     return f"{r.model} {text}" if with_model else text
-
-
-def row_where(r: BenchResult) -> str:
-    """The device a row ran on: the GPU's name, or "CPU" (ONNX Runtime and the CPU torch rows)."""
-    return r.device_name if r.device == "cuda" else "CPU"
-
-
-def row_group(r: BenchResult) -> tuple[str, str]:
-    """Rows are grouped by model branch and device: each GPU type is its own table with its own baseline."""
-    return (r.model, row_where(r))
-
-
-def baseline_row(rows: Sequence[BenchResult], row: BenchResult) -> BenchResult | None:
-    """The torch FP32 row of ``row``'s model on ``row``'s device (the speedup baseline)."""
-    for r in rows:
-        if row_group(r) == row_group(row) and r.backend == "torch" and r.precision == "fp32":
-            return r
-    return None
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
