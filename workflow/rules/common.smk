@@ -70,8 +70,8 @@ if _JOBS_RUN_HERE and importlib.util.find_spec(_simplifier) is None:
     )
 
 # Conda environments under --sdm conda: CPU stages in the CPU one, the GPU jobs in the TensorRT one.
-CPU_ENV = "../../envs/cpu.yaml"
-GPU_ENV = "../../envs/tensorrt.yaml"
+CPU_ENV = "../envs/cpu.yaml"
+GPU_ENV = "../envs/tensorrt.yaml"
 
 
 def _alternatives(values):
