@@ -55,12 +55,10 @@ def validate_config(cfg):
 validate_config(config)
 PLAN = plan(config)
 
-# The simplifier must be importable where the jobs run. Without --sdm conda/apptainer that is this Python
-# environment, and find_spec looks it up without importing it; with them, the job's environment decides.
-_JOBS_RUN_HERE = not (
-    set(workflow.deployment_settings.deployment_method)
-    & {DeploymentMethod.CONDA, DeploymentMethod.APPTAINER}
-)
+# The simplifier must be importable where simplify_onnx runs. Without --sdm conda that is this Python
+# environment (a CPU rule has no container, so --sdm apptainer alone runs it here too), and find_spec looks
+# it up without importing it; under --sdm conda the job's environment decides.
+_JOBS_RUN_HERE = DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method
 _simplifier = config["export"]["simplifier"]
 if _JOBS_RUN_HERE and importlib.util.find_spec(_simplifier) is None:
     _other = "onnxslim" if _simplifier == "onnxsim" else "onnxsim"
