@@ -70,6 +70,8 @@ if _JOBS_RUN_HERE and importlib.util.find_spec(_simplifier) is None:
 # Conda environments under --sdm conda: CPU stages in the CPU one, the GPU jobs in the TensorRT one.
 CPU_ENV = "../envs/cpu.yaml"
 GPU_ENV = "../envs/tensorrt.yaml"
+# The GPU jobs' image under --sdm apptainer (config 'gpu_container'); the CPU rules have no container:.
+GPU_CONTAINER = config["gpu_container"]
 
 
 def _alternatives(values):
