@@ -261,6 +261,22 @@ def test_calibration_cache_records_the_calibration_images(tiny_run: Path) -> Non
     assert f"# inputs: {len(TINY_CALIBRATION)}" in cache
 
 
+def test_snakemake_report_embeds_the_plots_and_their_captions(
+    tiny_run: Path, ort_key: str, tmp_path: Path
+) -> None:
+    """`snakemake --report` on the finished run: the HTML holds every report()-flagged output of rule report
+    byte for byte (base64) and the captions of workflow/report/, rendered with the run's config."""
+    html = tmp_path / "report.html"  # outside the run: it leaves results/ and the work dir as they were
+    proc = snakemake(tiny_run, "--report", str(html))
+    assert proc.returncode == 0, _combined(proc)[-3000:]
+    text = html.read_text(encoding="utf-8")
+    for path in sorted(tiny_outputs(ort_key)["report"]):
+        assert base64.b64encode((tiny_run / path).read_bytes()).decode() in text, path
+    assert "panoptic-deploy: a PanopticFCN checkpoint exported to ONNX" in text  # workflow.rst
+    assert "the whisker reaches the" in text  # latency.rst
+    assert "Benchmarks: 0 warm-up and" in text  # report_md.rst, from config bench.warmup (0 here)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # What a change reruns
 
