@@ -35,9 +35,12 @@ dryrun: venv
 PARITY_TESTS := tests/test_model_parity.py
 AVX2_KERNELS := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 
+# The workflow catalog's two checks too: snakefmt (line length in pyproject.toml) and Snakemake's linter.
 test: venv
 	$(VENV)/bin/python -m ruff check .
 	$(VENV)/bin/python -m mypy
+	$(VENV)/bin/python -m snakefmt --check workflow/Snakefile workflow/rules/
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(SNAKEMAKE) --lint
 	$(VENV)/bin/python -m pytest -m "not slurm"
 	$(AVX2_KERNELS) $(VENV)/bin/python -m pytest $(PARITY_TESTS)
 

@@ -57,12 +57,10 @@ def make_workdir(
     eval_images: tuple[str, ...] = TINY_EVAL,
     calibration_images: tuple[str, ...] = TINY_CALIBRATION,
 ) -> Path:
-    """A runnable copy of the workflow in ``dest``: Snakefile, workflow/, configs/, envs/, images, config."""
+    """A runnable copy of the workflow in ``dest``: workflow/ (Snakefile, envs), configs/, images, config."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
     shutil.copytree(REPO / "workflow", dest / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "configs", dest / "configs")
-    shutil.copytree(REPO / "envs", dest / "envs")
     for folder, names, source in (
         ("eval", eval_images, DEMO / "eval"),
         ("calibration", calibration_images, DEMO / "calibration"),
@@ -79,8 +77,7 @@ def clone_run(src: Path, dest: Path) -> Path:
     their mtimes, results/ hardlinked (a rerun replaces files, it never writes into the shared inodes)."""
     ignore = shutil.ignore_patterns("__pycache__")
     dest.mkdir(parents=True)
-    shutil.copy2(src / "Snakefile", dest / "Snakefile")
-    for name in ("workflow", "configs", "envs", "config", "images", ".snakemake"):
+    for name in ("workflow", "configs", "config", "images", ".snakemake"):
         shutil.copytree(src / name, dest / name, ignore=ignore)
     shutil.copytree(src / "results", dest / "results", copy_function=os.link)
     return dest
@@ -226,14 +223,7 @@ def test_full_run_produces_every_artifact(tiny_run: Path, ort_key: str) -> None:
     assert (tiny_run / f"results/logs/export_onnx/{TINY_MODEL}.log").is_file()
     assert (tiny_run / f"results/benchmarks/int8_onnx/{TINY_MODEL}.tsv").is_file()
     # Nothing outside results/ (besides Snakemake's own .snakemake/).
-    created = {p.name for p in tiny_run.iterdir()} - {
-        "Snakefile",
-        "workflow",
-        "configs",
-        "envs",
-        "config",
-        "images",
-    }
+    created = {p.name for p in tiny_run.iterdir()} - {"workflow", "configs", "config", "images"}
     assert created == {"results", ".snakemake"}
     # No temporary or other hidden file under results/ (every write is atomic and cleans up after itself).
     assert not [p for p in (tiny_run / "results").rglob(".*")]
@@ -270,6 +260,22 @@ def test_calibration_cache_records_the_calibration_images(tiny_run: Path) -> Non
     cache = (tiny_run / f"results/calibration/{TINY_MODEL}.int8.cache").read_text(encoding="utf-8")
     assert "# method: minmax" in cache
     assert f"# inputs: {len(TINY_CALIBRATION)}" in cache
+
+
+def test_snakemake_report_embeds_the_plots_and_their_captions(
+    tiny_run: Path, ort_key: str, tmp_path: Path
+) -> None:
+    """`snakemake --report` on the finished run: the HTML holds every report()-flagged output of rule report
+    byte for byte (base64) and the captions of workflow/report/, rendered with the run's config."""
+    html = tmp_path / "report.html"  # outside the run: it leaves results/ and the work dir as they were
+    proc = snakemake(tiny_run, "--report", str(html))
+    assert proc.returncode == 0, _combined(proc)[-3000:]
+    text = html.read_text(encoding="utf-8")
+    for path in sorted(tiny_outputs(ort_key)["report"]):
+        assert base64.b64encode((tiny_run / path).read_bytes()).decode() in text, path
+    assert "panoptic-deploy: a PanopticFCN checkpoint exported to ONNX" in text  # workflow.rst
+    assert "the whisker reaches the" in text  # latency.rst
+    assert "Benchmarks: 0 warm-up and" in text  # report_md.rst, from config bench.warmup (0 here)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -535,8 +541,7 @@ def test_simplifier_choice_is_checked_at_start(
 def test_demo_dry_run_lists_the_expected_jobs(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     workdir.mkdir()
-    shutil.copy2(REPO / "Snakefile", workdir / "Snakefile")
-    for name in ("workflow", "configs", "envs", "config", "demo"):
+    for name in ("workflow", "configs", "config", "demo"):
         shutil.copytree(REPO / name, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
     cfg = yaml.safe_load((workdir / "config/config.yaml").read_text(encoding="utf-8"))
     cfg["backends"] = ["onnxruntime"]  # the same DAG on a GPU machine
@@ -745,8 +750,7 @@ def _timed(workdir: Path, env: dict[str, str], *args: str) -> tuple[float, subpr
 
 def _demo_copy(dest: Path) -> Path:
     dest.mkdir()
-    shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
-    for name in ("workflow", "configs", "envs", "config", "demo"):
+    for name in ("workflow", "configs", "config", "demo"):
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 

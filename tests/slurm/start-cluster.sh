@@ -7,6 +7,10 @@
 #
 # One partition 'cpu' (the default) with all cores of this node. No accounting database (no slurmdbd), so
 # sacct has nothing: the workflow's SLURM profile asks squeue for job states (slurm-status-command: squeue).
+#
+#   FAKE_GPU=h100 bash tests/slurm/start-cluster.sh   # also one fake GPU gres of type h100 and a partition
+#                                                     # 'gpu' on the same node, so --gpus=h100:1 schedules
+# The fake GPU is /dev/null: jobs get scheduled, not a card (a GPU job's own check then fails, as it should).
 set -euo pipefail
 
 STATE=/run/panoptic-slurm
@@ -55,6 +59,21 @@ fi
 munge -n | unmunge >/dev/null
 
 CPUS=$(nproc)
+FAKE_GPU=${FAKE_GPU:-}
+if [[ -n "$FAKE_GPU" && ! "$FAKE_GPU" =~ ^[a-z0-9][a-z0-9_.-]*$ ]]; then
+    echo "start-cluster.sh: FAKE_GPU must be a GPU type like the config's gpus (e.g. h100), not '$FAKE_GPU'" >&2
+    exit 1
+fi
+GRES_TYPES="" NODE_GRES="" GPU_PARTITION=""
+if [[ -n "$FAKE_GPU" ]]; then
+    GRES_TYPES="GresTypes=gpu"
+    NODE_GRES="Gres=gpu:$FAKE_GPU:1"
+    GPU_PARTITION="PartitionName=gpu Nodes=$HOST MaxTime=INFINITE State=UP OverSubscribe=NO"
+    # No AutoDetect: there is no card; File= must name a device file, and /dev/null is one.
+    printf 'AutoDetect=off\nNodeName=%s Name=gpu Type=%s File=/dev/null\n' "$HOST" "$FAKE_GPU" >"$CONF_DIR/gres.conf"
+else
+    rm -f "$CONF_DIR/gres.conf"
+fi
 MEM_MB=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512))
 
 cat >"$CONF_DIR/slurm.conf" <<CONF
@@ -83,8 +102,10 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 # squeue must still know a job some time after it ended, or the status check takes it for lost.
 MinJobAge=600
-NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+$GRES_TYPES
+NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB $NODE_GRES State=UNKNOWN
 PartitionName=cpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+$GPU_PARTITION
 CONF
 
 if ! scontrol ping >/dev/null 2>&1 || ! scontrol ping | grep -q UP; then

@@ -44,6 +44,8 @@ use rule bench_torch as bench_torch_gpu with:
         "results/benchmarks/bench_torch/{gpu}/{backend}/{model}.{precision}.tsv"
     conda:
         GPU_ENV
+    container:
+        GPU_CONTAINER
     resources:
         gpu=1,
         gpu_model=gpu_model,
@@ -91,6 +93,8 @@ use rule bench_engine as bench_engine_gpu with:
         backend="tensorrt",
     conda:
         GPU_ENV
+    container:
+        GPU_CONTAINER
     resources:
         gpu=1,
         gpu_model=gpu_model,
@@ -116,6 +120,8 @@ if PLAN.trtexec:
             "engine"
         conda:
             GPU_ENV
+        container:
+            GPU_CONTAINER
         resources:
             gpu=1,
             gpu_model=gpu_model,

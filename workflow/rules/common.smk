@@ -55,12 +55,10 @@ def validate_config(cfg):
 validate_config(config)
 PLAN = plan(config)
 
-# The simplifier must be importable where the jobs run. Without --sdm conda/apptainer that is this Python
-# environment, and find_spec looks it up without importing it; with them, the job's environment decides.
-_JOBS_RUN_HERE = not (
-    set(workflow.deployment_settings.deployment_method)
-    & {DeploymentMethod.CONDA, DeploymentMethod.APPTAINER}
-)
+# The simplifier must be importable where simplify_onnx runs. Without --sdm conda that is this Python
+# environment (a CPU rule has no container, so --sdm apptainer alone runs it here too), and find_spec looks
+# it up without importing it; under --sdm conda the job's environment decides.
+_JOBS_RUN_HERE = DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method
 _simplifier = config["export"]["simplifier"]
 if _JOBS_RUN_HERE and importlib.util.find_spec(_simplifier) is None:
     _other = "onnxslim" if _simplifier == "onnxsim" else "onnxsim"
@@ -70,8 +68,10 @@ if _JOBS_RUN_HERE and importlib.util.find_spec(_simplifier) is None:
     )
 
 # Conda environments under --sdm conda: CPU stages in the CPU one, the GPU jobs in the TensorRT one.
-CPU_ENV = "../../envs/cpu.yaml"
-GPU_ENV = "../../envs/tensorrt.yaml"
+CPU_ENV = "../envs/cpu.yaml"
+GPU_ENV = "../envs/tensorrt.yaml"
+# The GPU jobs' image under --sdm apptainer (config 'gpu_container'); the CPU rules have no container:.
+GPU_CONTAINER = config["gpu_container"]
 
 
 def _alternatives(values):

@@ -48,6 +48,8 @@ if "tensorrt" in PLAN.engine_backends:
             "engine"
         conda:
             GPU_ENV
+        container:
+            GPU_CONTAINER
         resources:
             gpu=1,
             gpu_model=gpu_model,

@@ -39,10 +39,19 @@ rule report:
         trtexec=PLAN.trtexec_files(),
         verdict="results/verdict.json",
     output:
-        report="results/report.md",
-        latency="results/report/latency.png",
-        accuracy_vs_speed="results/report/accuracy_vs_speed.png",
-        panoptic=expand("results/report/panoptic_{model}.png", model=PLAN.branches),
+        # report(): also in `snakemake --report report.html`, with the captions of workflow/report/.
+        report=report("results/report.md", caption="../report/report_md.rst", category="Report"),
+        latency=report("results/report/latency.png", caption="../report/latency.rst", category="Plots"),
+        accuracy_vs_speed=report(
+            "results/report/accuracy_vs_speed.png",
+            caption="../report/accuracy_vs_speed.rst",
+            category="Plots",
+        ),
+        panoptic=report(
+            expand("results/report/panoptic_{model}.png", model=PLAN.branches),
+            caption="../report/panoptic.rst",
+            category="Panoptic results",
+        ),
     log:
         "results/logs/report/report.log",
     benchmark:
