@@ -125,7 +125,10 @@ def test_dot_test_config_plans_every_stage_of_the_workflow(tmp_path: Path) -> No
         "reference_outputs": 1,
         "bench_torch": 1,
         "bench_engine": 3,
+        "polygraphy_files": 1,
+        "verdict": 1,
         "report": 1,
+        "verdict_check": 1,
         "all": 1,
     }
     assert "results/report.md" in proc.stdout

@@ -207,7 +207,9 @@ def polygraphy_files():
     """The Polygraphy JSON of every branch (config polygraphy.images > 0): part of the default target."""
     if config["polygraphy"]["images"] == 0:
         return []
-    return expand("results/polygraphy/{model}.{kind}.json", model=PLAN.branches, kind=["inputs", "torch_fp32"])
+    return expand(
+        "results/polygraphy/{model}.{kind}.json", model=PLAN.branches, kind=["inputs", "torch_fp32"]
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
