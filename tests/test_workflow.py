@@ -379,7 +379,7 @@ def test_a_failed_benchmark_is_a_fail_row_of_a_complete_report(clone: Path, ort_
     engine = clone / f"results/engines/onnxruntime/{ort_key}/{TINY_MODEL}.fp16.onnx"
     engine.unlink()  # a hardlink into the shared run: replace, never write through it
     engine.write_bytes(b"\x08\x07 not an ONNX model")
-    proc = snakemake(clone, "results/report.md")
+    proc = snakemake(clone, "--cores", "2", "results/report.md")
     assert proc.returncode != 0
     log = clone / f"results/logs/bench_engine/cpu/onnxruntime/{TINY_MODEL}.fp16.log"
     from panoptic_deploy.gates import error_line
