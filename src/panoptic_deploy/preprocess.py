@@ -8,16 +8,22 @@ An exported model has one static input size: :func:`prepare_at_size` refuses an 
 size (evaluation and verification images), :func:`fit_to_size` centre-crops or pads one to it (calibration
 images, which need not share the evaluation images' aspect ratio). An image's size from its header and the
 resize geometry live in :mod:`panoptic_deploy.geometry` (torch-free, for the workflow plan).
+
+:func:`prepare_on_device` is the same pipeline in torch ops on any device (one host-to-device copy of the
+uint8 image, fixed shapes): it differs from the host path by its resampling only (docs/pipeline.md,
+"Device pre- and post-processing").
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from panoptic_deploy.errors import ImageError
@@ -186,3 +192,42 @@ def fit_to_size(image: np.ndarray, params: InputParams, input_hw: Sequence[int])
     batch = np.zeros((1, 3, height, width), dtype=np.float32)
     batch[:, :, : tensor.shape[2], : tensor.shape[3]] = tensor
     return batch
+
+
+def prepare_on_device(
+    image: np.ndarray | torch.Tensor, params: InputParams, device: torch.device
+) -> torch.Tensor:
+    """H×W×3 uint8 (numpy or a tensor on any device) -> 1×3×H_in×W_in float32 network input on ``device``.
+
+    The uint8 image is copied to ``device`` once; resize, normalise and pad run there with fixed shapes (a
+    CUDA graph can capture them). The resize follows PIL's: torch's antialiased bilinear (PIL's triangle
+    filter) horizontally, then vertically, each pass rounded half up and clipped to 0..255 as PIL's uint8
+    passes are; PIL's fixed-point weights make the only difference (at most 2 grey levels, on 0-9% of the
+    values of the demo images, docs/pipeline.md).
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, torch.uint8):
+        raise ImageError(f"expected an H×W×3 uint8 image, got shape {tuple(image.shape)} dtype {image.dtype}")
+    pixels = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    x = pixels.to(device, non_blocking=True).permute(2, 0, 1)[None].to(torch.float32)
+    height, width = int(image.shape[0]), int(image.shape[1])
+    new_h, new_w = resized_shape(height, width, params.min_size, params.max_size)
+    for size in ((height, new_w), (new_h, new_w)):
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            x = (x + 0.5).floor_().clamp_(0.0, 255.0)
+    mean, std = _channel_constants(params.pixel_mean, params.pixel_std, x.device)
+    x = (x - mean) / std
+    pad_h, pad_w = padded_shape(new_h, new_w, params.size_divisibility)
+    return F.pad(x, (0, pad_w - new_w, 0, pad_h - new_h))
+
+
+@functools.lru_cache(maxsize=8)
+def _channel_constants(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """1×3×1×1 mean and std on ``device``, made once: a host-to-device copy cannot run inside a CUDA graph
+    capture, so a captured :func:`prepare_on_device` must find them here from its warm-up call."""
+    def channels(values: tuple[float, ...]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+
+    return channels(mean), channels(std)
