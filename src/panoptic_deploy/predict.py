@@ -1,10 +1,14 @@
-"""Eager PyTorch prediction: image files -> COCO panoptic PNG + segments JSON per image."""
+"""Eager PyTorch prediction: image files -> COCO panoptic PNG + segments JSON per image.
+
+:class:`Predictor` is the reference path (host pre- and post-processing); :class:`DevicePredictor` keeps
+one input size on the device from the uint8 image to the packed panoptic result (issue 12)."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ from tqdm import tqdm
 from panoptic_deploy.categories import COCO, CategorySet, load_category_set
 from panoptic_deploy.errors import ImageError, OutputError, PanopticDeployError
 from panoptic_deploy.fileio import PathLike, atomic_files
+from panoptic_deploy.geometry import padded_shape, resized_shape
 from panoptic_deploy.modeling import PanopticFCN, build_model
 from panoptic_deploy.outputs import output_file, output_folder, refuse_overwriting_inputs
 from panoptic_deploy.panoptic_format import (
@@ -25,7 +30,8 @@ from panoptic_deploy.panoptic_format import (
     write_panoptic_json,
 )
 from panoptic_deploy.postprocess import PanopticResult, postprocess
-from panoptic_deploy.preprocess import prepare_image, read_image
+from panoptic_deploy.postprocess_device import PackedLayout, postprocess_on_device, unpack_result
+from panoptic_deploy.preprocess import prepare_image, prepare_on_device, read_image
 from panoptic_deploy.spec import ModelSpec
 
 
@@ -63,6 +69,100 @@ class Predictor:
 
     def predict_file(self, path: str | os.PathLike[str]) -> PanopticResult:
         return self(read_image(path, self.model.input_params.input_format))
+
+
+class DevicePredictor:
+    """Device pre-processing -> network -> device post-processing for images of one size (``orig_size``,
+    (h, w) as decoded), batch 1: the uint8 image goes to ``device`` once and one packed int32 tensor comes
+    back. :meth:`run_device` has fixed shapes and no host synchronisation, so on a GPU :meth:`capture`
+    records it as one CUDA graph. The result equals :class:`Predictor`'s up to the resampling of the
+    pre-processing (docs/pipeline.md, "Device pre- and post-processing")."""
+
+    def __init__(
+        self, model: PanopticFCN, orig_size: tuple[int, int], device: str | torch.device = "cpu"
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.orig_size = (int(orig_size[0]), int(orig_size[1]))
+        params = model.input_params
+        self.image_size = resized_shape(*self.orig_size, params.min_size, params.max_size)
+        self.input_hw = padded_shape(*self.image_size, params.size_divisibility)
+        self._layout: PackedLayout | None = None
+
+    @property
+    def layout(self) -> PackedLayout:
+        """The packed result's layout (known after the first run: the network's instance slots)."""
+        if self._layout is None:
+            raise RuntimeError("DevicePredictor.layout: run the predictor once first")
+        return self._layout
+
+    def check_image(self, image: np.ndarray | torch.Tensor) -> None:
+        """:class:`ImageError` unless ``image`` is H×W×3 uint8 of this predictor's size."""
+        if tuple(image.shape[:2]) != self.orig_size:
+            raise ImageError(
+                f"image of {image.shape[0]}x{image.shape[1]} (H x W): this predictor is built for "
+                f"{self.orig_size[0]}x{self.orig_size[1]}"
+            )
+
+    @torch.no_grad()
+    def run_device(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """H×W×3 uint8 (host or device) -> the packed result on the device (:mod:`postprocess_device`)."""
+        prepared = prepare_on_device(image, self.model.input_params, self.device)
+        outputs = self.model(prepared)
+        if self._layout is None:
+            slots, stuff = outputs.inst_scores.shape[0], outputs.stuff_probs.shape[0]
+            self._layout = PackedLayout(self.orig_size, slots, stuff)
+        return postprocess_on_device(outputs, self.image_size, self.orig_size, self.model.inference)
+
+    def __call__(self, image: np.ndarray) -> PanopticResult:
+        """H×W×3 uint8 in the model's channel order -> result at the image's size (one copy to the host)."""
+        self.check_image(image)
+        packed = self.run_device(image).cpu()
+        return unpack_result(packed, self.layout)
+
+    def capture(self, warmup: int = 3) -> CapturedPredictor:
+        """The whole :meth:`run_device` as one CUDA graph (CUDA devices only), after ``warmup`` eager runs
+        on a side stream (cuDNN picks its kernels and the lazy constants are made before capture)."""
+        if self.device.type != "cuda":
+            raise RuntimeError(f"DevicePredictor.capture needs a CUDA device, not {self.device}")
+        static_input = torch.zeros((*self.orig_size, 3), dtype=torch.uint8, device=self.device)
+        side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]  # untyped in torch 2.13
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(max(1, warmup)):
+                self.run_device(static_input)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_output = self.run_device(static_input)
+        return CapturedPredictor(self, graph, static_input, static_output)
+
+
+@dataclass
+class CapturedPredictor:
+    """A :class:`DevicePredictor` captured as one CUDA graph: copy the image in, replay, one copy out."""
+
+    predictor: DevicePredictor
+    graph: torch.cuda.CUDAGraph
+    static_input: torch.Tensor
+    static_output: torch.Tensor
+    host_output: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.host_output = torch.empty_like(self.static_output, device="cpu").pin_memory()
+
+    def run(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Replay on ``image``: -> the packed result in pinned host memory (synchronised)."""
+        self.predictor.check_image(image)
+        pixels = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+        self.static_input.copy_(pixels)
+        self.graph.replay()
+        self.host_output.copy_(self.static_output, non_blocking=True)
+        torch.cuda.current_stream(self.static_output.device).synchronize()
+        return self.host_output
+
+    def __call__(self, image: np.ndarray) -> PanopticResult:
+        return unpack_result(self.run(image), self.predictor.layout)
 
 
 def load_model(
