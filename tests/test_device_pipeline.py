@@ -4,6 +4,7 @@ input. The CUDA tests (no host synchronisation, one CUDA graph) skip without a G
 
 from __future__ import annotations
 
+import copy
 import secrets
 
 import numpy as np
@@ -76,6 +77,21 @@ def test_device_predictor_is_host_postprocessing_of_its_input(model: PanopticFCN
     assert_same_result(got, want)
     with pytest.raises(ImageError, match=r"image of 121x170 \(H x W\): this predictor is built for 120x170"):
         predictor(np.zeros((121, 170, 3), np.uint8))
+
+
+def test_device_path_runs_without_data_on_the_meta_device(model: PanopticFCN) -> None:
+    """The CPU-side proof of "no host synchronisation": meta tensors carry shapes but no values, so any
+    data-dependent shape (nonzero, unique, boolean indexing) or value read (item, bool, tolist) raises.
+    The whole device path runs there; the host post-processing does not."""
+    meta = torch.device("meta")
+    predictor = DevicePredictor(copy.deepcopy(model), (50, 70), meta)  # .to(meta) drops the weights
+    packed = predictor.run_device(np.zeros((50, 70, 3), np.uint8))
+    assert packed.device == meta and packed.dtype == torch.int32
+    assert packed.shape == (predictor.layout.length,)
+    with torch.no_grad():
+        outputs = predictor.model(torch.zeros((1, 3, *predictor.input_hw), device=meta))
+    with pytest.raises(NotImplementedError, match="nonzero"):
+        postprocess(outputs, predictor.image_size, predictor.orig_size, model.inference)
 
 
 @pytest.mark.cuda
