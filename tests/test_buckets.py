@@ -111,8 +111,9 @@ def test_prepare_pads_into_the_bucket_and_refuses_another(tmp_path: Path) -> Non
 
 
 def test_bucket_reference_and_bench(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    from panoptic_deploy.bench.reference import read_reference, write_reference
+    from panoptic_deploy.bench.reference import read_reference
     from panoptic_deploy.bench.run import BenchSpec, run_bench
+    from panoptic_deploy.cli import main
     from panoptic_deploy.compare import as_numpy_outputs
     from panoptic_deploy.predict import load_model
     from panoptic_deploy.preprocess import prepare_at_size
@@ -121,8 +122,11 @@ def test_bucket_reference_and_bench(tmp_path: Path, tmp_path_factory: pytest.Tem
     per_size = read_reference(art.reference)  # type: ignore[arg-type]
     buckets = [[64, 128], [128, 64]]
     path = tmp_path / "bucket.npz"
-    ref = write_reference(pa.CONFIG, art.weights, art.images, path, (64, 128), pa.OPTS, threads=2,
-                          buckets=buckets)  # fmt: skip
+    # Through the CLI: without --input-hw the size is the first image's bucket (64×96 -> 64×128).
+    model_args = ["--config", str(pa.CONFIG), "--weights", str(art.weights), "--opts", *pa.OPTS]
+    assert main(["reference", *model_args, "--output", str(path), "--bucket", "64", "128", "--bucket", "128",
+                 "64", "--threads", "2", "--", *map(str, art.images)]) == 0  # fmt: skip
+    ref = read_reference(path)
     assert ref.buckets == ((64, 128), (128, 64)) and per_size.buckets is None
     assert ref.input_shape == (1, 3, 64, 128)
     model = load_model(pa.CONFIG, art.weights, pa.OPTS)
