@@ -53,6 +53,30 @@ def test_padded_input_size_with_buckets_against_brute_force() -> None:
         assert got == next(b for b in holding if b[0] * b[1] == area)
 
 
+@pytest.mark.parametrize(
+    ("sizes", "error"),
+    [
+        ({"buckets": [[416, 608], [608, 416]]}, None),
+        ({"buckets": [[416, 600]]}, "600 is not a multiple of 32"),
+        ({"buckets": [[416]]}, "[416] is too short"),
+        ({"buckets": []}, "[] should be non-empty"),
+        ({"buckets": [[64, 64], [64, 64]]}, "has non-unique elements"),
+        ({"bucket": [[64, 64]]}, "is not valid under any of the given schemas"),
+    ],
+)
+def test_the_schema_checks_the_buckets(sizes: Any, error: str | None) -> None:
+    import jsonschema
+    import yaml
+    from jsonschema.exceptions import best_match
+
+    schema = yaml.safe_load((pa.ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text("utf-8"))
+    found = best_match(jsonschema.Draft202012Validator(schema).iter_errors({"model": {"input_sizes": sizes}}))
+    if error is None:
+        assert found is None
+    else:
+        assert found is not None and error in found.message, found
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The plan
 
