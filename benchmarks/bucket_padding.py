@@ -6,9 +6,10 @@ config (``input_sizes: auto``: 10 branches; ``{buckets: [[320, 416], [416, 320]]
 :func:`panoptic_deploy.plan.plan`, and runs every branch's torch FP32 CPU reference (the workflow's
 ``reference_outputs`` job: :func:`write_reference` with the branch's input size and buckets) with the trained
 demo checkpoint. Prints PQ against the ground truth per mode, PQ and pixel agreement of the bucket results
-against the per-size results, and the wall time of the reference jobs.
+against the per-size results (all images, and per padded size), and the wall time of the reference jobs.
 
-Run from the repository root: ``python benchmarks/bucket_padding.py [--threads 2] [--out DIR]``.
+Run from the repository root: ``python benchmarks/bucket_padding.py [--threads 2] [--out DIR]``;
+``--out DIR --summarize-only`` prints the summary of an earlier run's references again.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import yaml
 
 from panoptic_deploy.bench.accuracy import ground_truth_pq
-from panoptic_deploy.bench.reference import write_reference
+from panoptic_deploy.bench.reference import read_reference, write_reference
 from panoptic_deploy.bench.results import ImagePanoptic
 from panoptic_deploy.categories import load_category_set
 from panoptic_deploy.compare import panoptic_agreement
@@ -80,14 +81,13 @@ def workflow_config(data: Path, input_sizes: Any) -> dict[str, Any]:
     return cfg
 
 
-def run_mode(cfg: dict[str, Any], out: Path, threads: int) -> tuple[dict[str, ImagePanoptic], int, float]:
-    """Every branch's torch FP32 reference: {image name: panoptic result}, branch count, seconds."""
+def run_mode(cfg: dict[str, Any], out: Path, threads: int) -> tuple[int, float]:
+    """Every branch's torch FP32 reference under ``out``: the branch count and the seconds taken."""
     the_plan = plan(cfg)
-    results: dict[str, ImagePanoptic] = {}
     start = time.perf_counter()
     for name, branch in the_plan.branches.items():
         model = the_plan.model_of(name)
-        ref = write_reference(
+        write_reference(
             model.config,
             model.weights,
             branch.images,
@@ -98,41 +98,72 @@ def run_mode(cfg: dict[str, Any], out: Path, threads: int) -> tuple[dict[str, Im
             categories=load_category_set(model.categories),
             buckets=model.buckets,
         )
-        results.update({image.name: image.panoptic for image in ref.images})
-    return results, len(the_plan.branches), time.perf_counter() - start
+    return len(the_plan.branches), time.perf_counter() - start
+
+
+def read_mode(folder: Path) -> dict[str, tuple[ImagePanoptic, tuple[int, ...]]]:
+    """{image name: (panoptic result, network input H, W)} of the references in ``folder``."""
+    results = {}
+    for path in sorted(folder.glob("*.npz")):
+        ref = read_reference(path)
+        results.update({image.name: (image.panoptic, ref.input_shape[2:]) for image in ref.images})
+    return results
+
+
+def percent(value: float) -> float:
+    return round(100 * value, 2)
+
+
+def summarize(out: Path) -> dict[str, Any]:
+    """PQ vs ground truth per mode, and bucket vs per-size agreement (all images, and per padded size)."""
+    data = out / "data"
+    categories = load_category_set(str(data / "panoptic.json"))
+    modes = {mode: read_mode(out / mode) for mode in ("per_size", "buckets")}
+    names = sorted(modes["per_size"])
+    pairs = {mode: [results[n][0].pair(categories) for n in names] for mode, results in modes.items()}
+    summary: dict[str, Any] = {"images": len(names)}
+    for mode in modes:
+        gt = ground_truth_pq(data / "panoptic.json", data / "panoptic", names, pairs[mode], categories)
+        summary[mode] = {  # in percent, as the report prints them
+            "pq": percent(gt.all.pq),
+            "sq": percent(gt.all.sq),
+            "rq": percent(gt.all.rq),
+            "pq_things": percent(gt.things.pq),
+            "pq_stuff": percent(gt.stuff.pq),
+        }
+    agreement = panoptic_agreement(pairs["buckets"], pairs["per_size"], names, categories)
+    summary["buckets_vs_per_size"] = {
+        "pq": percent(agreement.pq),
+        "pixels": percent(agreement.pixel_agreement),
+    }
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for k, name in enumerate(names):
+        by_size.setdefault(modes["per_size"][name][1], []).append(k)
+    rows = []
+    for size, ks in sorted(by_size.items()):
+        part = panoptic_agreement([pairs["buckets"][k] for k in ks], [pairs["per_size"][k] for k in ks],
+                                  [names[k] for k in ks], categories)  # fmt: skip
+        bucket = modes["buckets"][names[ks[0]]][1]
+        rows.append(f"{size[0]}x{size[1]} -> {bucket[0]}x{bucket[1]} ({len(ks)} images): "
+                    f"PQ {percent(part.pq)}, pixels {percent(part.pixel_agreement)} %")  # fmt: skip
+    summary["by_padded_size"] = rows
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None, help="keep the data and references here")
+    parser.add_argument("--out", type=Path, default=None, help="a new folder for the data and references")
+    parser.add_argument("--summarize-only", action="store_true", help="summarize an earlier run's --out")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bucket-padding-"))
-    data = make_many_size_set(out / "data")
-    categories = load_category_set(str(data / "panoptic.json"))
-    summary: dict[str, Any] = {"images": len(SCENE_SIZES) * PER_SIZE, "scene_sizes": SCENE_SIZES}
-    by_mode = {}
-    for mode, sizes in (("per_size", "auto"), ("buckets", {"buckets": BUCKETS})):
-        results, branches, seconds = run_mode(workflow_config(data, sizes), out / mode, args.threads)
-        names = sorted(results)
-        pairs = [results[n].pair(categories) for n in names]
-        gt = ground_truth_pq(data / "panoptic.json", data / "panoptic", names, pairs, categories)
-        summary[mode] = {  # PQ, SQ, RQ in percent, as the report prints them
-            "branches": branches,
-            "reference_seconds": round(seconds, 1),
-            "pq": round(100 * gt.all.pq, 2),
-            "sq": round(100 * gt.all.sq, 2),
-            "rq": round(100 * gt.all.rq, 2),
-            "pq_things": round(100 * gt.things.pq, 2),
-            "pq_stuff": round(100 * gt.stuff.pq, 2),
-        }
-        by_mode[mode] = pairs
-    agreement = panoptic_agreement(by_mode["buckets"], by_mode["per_size"], names, categories)
-    summary["buckets_vs_per_size"] = {
-        "pq": round(100 * agreement.pq, 2),
-        "pixel_agreement": round(agreement.pixel_agreement, 5),
-    }
-    print(json.dumps(summary, indent=2))
+    timings = {}
+    if not args.summarize_only:
+        data = make_many_size_set(out / "data")
+        for mode, sizes in (("per_size", "auto"), ("buckets", {"buckets": BUCKETS})):
+            branches, seconds = run_mode(workflow_config(data, sizes), out / mode, args.threads)
+            timings[mode] = {"branches": branches, "reference_seconds": round(seconds, 1)}
+    print(json.dumps({"timings": timings, **summarize(out)}, indent=2))
 
 
 if __name__ == "__main__":
