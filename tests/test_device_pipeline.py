@@ -51,6 +51,15 @@ def test_device_preprocessing_differs_by_resampling_only(size: tuple[int, int]) 
         assert torch.equal(device, host)
     assert float((levels > 0.5).float().mean()) < 0.2
     assert torch.equal(prepare_on_device(torch.from_numpy(image), params, CPU), device)
+    # Into a size bucket (a larger static input): the same values, zero-padded as the host pads.
+    bucket = (host.shape[2] + 32, host.shape[3] + 64)
+    in_bucket = prepare_on_device(image, params, CPU, bucket)
+    assert in_bucket.shape == (1, 3, *bucket)
+    assert torch.equal(in_bucket[..., : host.shape[2], : host.shape[3]], device)
+    assert not in_bucket[..., host.shape[2] :, :].any() and not in_bucket[..., host.shape[3] :].any()
+    assert prepare_image(image, params, [bucket]).tensor.shape == in_bucket.shape
+    with pytest.raises(ImageError, match="does not fit the network input 32x"):
+        prepare_on_device(image, params, CPU, (32, bucket[1]))
 
 
 def test_device_preprocessing_refuses_a_non_image() -> None:

@@ -17,6 +17,10 @@ class ImageError(PanopticDeployError):
     """An image file cannot be read or decoded."""
 
 
+class NoBucketError(ImageError):
+    """An image's padded network input fits in none of the configured size buckets."""
+
+
 class PanopticFormatError(PanopticDeployError):
     """A COCO panoptic JSON/PNG pair is malformed or inconsistent."""
 

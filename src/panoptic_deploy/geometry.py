@@ -1,19 +1,23 @@
 """Image sizes and the test-resize geometry, without torch or numpy: what the workflow plan needs to group
 images into static-size branches (``panoptic_deploy.plan``) while ``snakemake -n`` stays light.
 
-:mod:`panoptic_deploy.preprocess` re-exports :func:`resized_shape` and :func:`padded_shape` from here, so the
-plan and the jobs compute the same padded sizes.
+:func:`padded_input_size` is the one rule that maps an image to its static network input (its branch): the
+plan groups images by it and the jobs (through :func:`panoptic_deploy.preprocess.network_input_shape`) pad
+and check by it. :mod:`panoptic_deploy.preprocess` re-exports :func:`resized_shape` and :func:`padded_shape`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 
-from panoptic_deploy.errors import ImageError
+from panoptic_deploy.errors import ImageError, NoBucketError
+
+Size = tuple[int, int]  # (height, width)
 
 # The network's input must be a multiple of its coarsest FPN stride (p5: 32); test_plan checks it against
 # modeling.panoptic_fcn.LEVEL_STRIDES.
@@ -60,9 +64,38 @@ def padded_shape(height: int, width: int, divisibility: int = SIZE_DIVISIBILITY)
     return math.ceil(height / divisibility) * divisibility, math.ceil(width / divisibility) * divisibility
 
 
-def padded_input_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """Padded network input (H, W) of an original ``height`` × ``width`` image under the test resize."""
-    return padded_shape(*resized_shape(height, width, min_size, max_size))
+def smallest_bucket(padded: Size, buckets: Sequence[Size]) -> Size | None:
+    """The bucket of least area (H·W) with both sides at least ``padded``'s; among equal areas the first
+    listed. None if no bucket holds ``padded``."""
+    holding = [(int(h), int(w)) for h, w in buckets if h >= padded[0] and w >= padded[1]]
+    return min(holding, key=lambda hw: hw[0] * hw[1]) if holding else None  # min keeps the first of ties
+
+
+def padded_input_size(
+    height: int,
+    width: int,
+    min_size: int,
+    max_size: int,
+    buckets: Sequence[Size] | None = None,
+    divisibility: int = SIZE_DIVISIBILITY,
+) -> Size:
+    """Static network input (H, W) of an original ``height`` × ``width`` image under the test resize.
+
+    Without ``buckets``: the resized image padded to a multiple of ``divisibility`` (one branch per padded
+    size). With ``buckets`` ([H, W] sizes): the :func:`smallest_bucket` holding that padded size, into which
+    the image is zero-padded bottom/right; :class:`NoBucketError` if none holds it.
+    """
+    resized = resized_shape(height, width, min_size, max_size)
+    padded = padded_shape(*resized, divisibility)
+    if buckets is None:
+        return padded
+    bucket = smallest_bucket(padded, buckets)
+    if bucket is None:
+        raise NoBucketError(
+            f"image of {width}×{height} pixels (W×H) pads to network input {padded[0]}x{padded[1]} "
+            f"(H x W), which none of the size buckets {', '.join(f'{h}x{w}' for h, w in buckets)} holds"
+        )
+    return bucket
 
 
 def image_header_size(path: str | os.PathLike[str]) -> tuple[int, int]:

@@ -76,7 +76,7 @@ def panoptic_fidelity_evaluator(
     spec.check_categories(ref.categories)
     input_params, inference = spec.input_params, spec.inference_params
     hw = ref.input_shape[2:]
-    prepared = [prepare_at_size(image.path, input_params, hw) for image in ref.images]
+    prepared = [prepare_at_size(image.path, input_params, hw, ref.buckets) for image in ref.images]
     refs = [image.panoptic.pair(ref.categories) for image in ref.images]
     names = [image.name for image in ref.images]
 

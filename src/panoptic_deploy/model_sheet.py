@@ -35,11 +35,17 @@ class ModelEntry:
     opts: tuple[str, ...]
     categories: str  # "coco" or a JSON file
     synthetic_seed: int
-    input_sizes: str | tuple[tuple[int, int], ...]  # "auto" or the pinned [H, W] sizes
+    input_sizes: str | tuple[tuple[int, int], ...]  # "auto", "buckets" or the pinned [H, W] sizes
+    buckets: tuple[tuple[int, int], ...] | None = None  # the [H, W] size buckets (input_sizes "buckets")
 
     @property
     def weights(self) -> str:
         return self.checkpoint or f"results/weights/{self.name}.pth"
+
+    @property
+    def bucket_list(self) -> list[list[int]] | None:
+        """The size buckets as [[H, W], ...] (a job parameter), None without buckets."""
+        return None if self.buckets is None else [[h, w] for h, w in self.buckets]
 
 
 def _opts(values: Iterable[Any]) -> tuple[str, ...]:
@@ -47,8 +53,13 @@ def _opts(values: Iterable[Any]) -> tuple[str, ...]:
     return tuple(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
 
 
-def _pinned(sizes: Any) -> str | tuple[tuple[int, int], ...]:
-    return "auto" if sizes == "auto" else tuple((int(h), int(w)) for h, w in sizes)
+def _input_sizes(sizes: Any) -> dict[str, Any]:
+    """The ModelEntry fields of config 'model.input_sizes': auto, a pinned list, or {buckets: [...]}."""
+    if sizes == "auto":
+        return {"input_sizes": "auto"}
+    if isinstance(sizes, Mapping):
+        return {"input_sizes": "buckets", "buckets": tuple((int(h), int(w)) for h, w in sizes["buckets"])}
+    return {"input_sizes": tuple((int(h), int(w)) for h, w in sizes)}
 
 
 def read_model_sheet(path: str | os.PathLike[str], defaults: Mapping[str, Any]) -> list[ModelEntry]:
@@ -88,7 +99,7 @@ def read_model_sheet(path: str | os.PathLike[str], defaults: Mapping[str, Any]) 
                 opts=tuple(cells.get("opts", "").split()),
                 categories=cells.get("categories") or str(defaults["categories"]),
                 synthetic_seed=int(defaults["synthetic_seed"]),
-                input_sizes=_pinned(defaults["input_sizes"]),
+                **_input_sizes(defaults["input_sizes"]),
             )
         )
     if not specs:
@@ -110,7 +121,7 @@ def model_entries(config: Mapping[str, Any]) -> dict[str, ModelEntry]:
                 opts=_opts(model["opts"]),
                 categories=model["categories"],
                 synthetic_seed=int(model["synthetic_seed"]),
-                input_sizes=_pinned(model["input_sizes"]),
+                **_input_sizes(model["input_sizes"]),
             )
         ]
     out: dict[str, ModelEntry] = {}

@@ -7,7 +7,10 @@ config, and each job that needs a device checks the one it got (:mod:`panoptic_d
 
 Branches: the network is exported with a static input size, so every distinct padded size of the evaluation
 images (under a model's test resize) is a branch ``<model>_<H>x<W>`` with its own ONNX models, engines and
-benchmarks, evaluated on the images of that size. Models come from config ``model`` (one) or from the model
+benchmarks, evaluated on the images of that size. With size buckets (``model.input_sizes: {buckets: ...}``)
+the branch of an image is the smallest bucket (by area) holding its padded size, so a many-size dataset needs
+only as many branches as buckets; the rule is :func:`panoptic_deploy.geometry.padded_input_size`, which the
+jobs also pad by. Models come from config ``model`` (one) or from the model
 sheet ``models`` (a TSV, one row per model; :mod:`panoptic_deploy.model_sheet`).
 
 The backend and precision names and the engine file extensions come from :mod:`panoptic_deploy.vocab`.
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from panoptic_deploy.errors import ConfigError, ImageError, PanopticDeployError
+from panoptic_deploy.errors import ConfigError, ImageError, NoBucketError, PanopticDeployError
 from panoptic_deploy.geometry import image_header_size, padded_input_size
 from panoptic_deploy.model_sheet import ModelEntry, model_entries
 from panoptic_deploy.vocab import ENGINE_BACKENDS, ENGINE_EXTENSIONS, PRECISIONS, TORCH_BACKENDS
@@ -224,7 +227,8 @@ def _check_categories(spec: ModelEntry, model_cfg: Any, gt_json: str | None, cac
 
 
 def model_branches(spec: ModelEntry, model_cfg: Any, sizes: Mapping[str, tuple[int, int]]) -> list[Branch]:
-    """Group the evaluation images by padded network input size under the test resize of ``model_cfg``."""
+    """Group the evaluation images by network input size under the test resize of ``model_cfg``: their
+    padded size, or with buckets the smallest bucket holding it (a bucket no image needs has no branch)."""
     try:
         min_size, max_size = int(model_cfg.INPUT.MIN_SIZE_TEST), int(model_cfg.INPUT.MAX_SIZE_TEST)
     except (AttributeError, TypeError, ValueError) as exc:
@@ -234,7 +238,9 @@ def model_branches(spec: ModelEntry, model_cfg: Any, sizes: Mapping[str, tuple[i
     by_size: dict[tuple[int, int], list[str]] = {}
     for file, (height, width) in sizes.items():
         try:
-            shape = padded_input_size(height, width, min_size, max_size)
+            shape = padded_input_size(height, width, min_size, max_size, spec.buckets)
+        except NoBucketError as exc:
+            raise ConfigError(f"config key 'model.input_sizes': evaluation image '{file}': {exc}") from None
         except ImageError as exc:  # an aspect ratio the test resize cannot handle
             raise ConfigError(f"config key 'evaluation.images': '{file}': {exc}") from None
         by_size.setdefault(shape, []).append(file)

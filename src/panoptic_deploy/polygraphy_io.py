@@ -156,7 +156,8 @@ def write_reference_for_polygraphy(
     input_params = spec.input_params
     hw = ref.input_shape[2:]
     images = ref.images[:max_images] if max_images is not None else ref.images
-    feeds = [{INPUT_NAME: prepare_at_size(im.path, input_params, hw).tensor.numpy()} for im in images]
+    prepared = [prepare_at_size(im.path, input_params, hw, ref.buckets) for im in images]
+    feeds = [{INPUT_NAME: p.tensor.numpy()} for p in prepared]
     outputs = [{name: im.outputs[name] for name in OUTPUT_NAMES} for im in images]
     write_polygraphy_inputs(inputs_out, feeds)
     write_polygraphy_outputs(outputs_out, outputs)

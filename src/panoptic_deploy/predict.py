@@ -73,20 +73,27 @@ class Predictor:
 
 class DevicePredictor:
     """Device pre-processing -> network -> device post-processing for images of one size (``orig_size``,
-    (h, w) as decoded), batch 1: the uint8 image goes to ``device`` once and one packed int32 tensor comes
-    back. :meth:`run_device` has fixed shapes and no host synchronisation, so on a GPU :meth:`capture`
-    records it as one CUDA graph. The result equals :class:`Predictor`'s up to the resampling of the
-    pre-processing (docs/pipeline.md, "Device pre- and post-processing")."""
+    (h, w) as decoded; ``input_hw``: the network input, default its padded size), batch 1: the uint8 image
+    goes to ``device`` once and one packed int32 tensor comes back. :meth:`run_device` has fixed shapes and
+    no host synchronisation, so on a GPU :meth:`capture` records it as one CUDA graph. The result equals
+    :class:`Predictor`'s up to the resampling of the pre-processing (docs/pipeline.md, "Device pre- and
+    post-processing")."""
 
     def __init__(
-        self, model: PanopticFCN, orig_size: tuple[int, int], device: str | torch.device = "cpu"
+        self,
+        model: PanopticFCN,
+        orig_size: tuple[int, int],
+        device: str | torch.device = "cpu",
+        input_hw: Sequence[int] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.orig_size = (int(orig_size[0]), int(orig_size[1]))
         params = model.input_params
         self.image_size = resized_shape(*self.orig_size, params.min_size, params.max_size)
-        self.input_hw = padded_shape(*self.image_size, params.size_divisibility)
+        # The network input: the padded size, or a static size that holds it (a size bucket, an engine's).
+        padded = padded_shape(*self.image_size, params.size_divisibility)
+        self.input_hw = padded if input_hw is None else (int(input_hw[0]), int(input_hw[1]))
         self._layout: PackedLayout | None = None
 
     @property
@@ -107,7 +114,7 @@ class DevicePredictor:
     @torch.no_grad()
     def run_device(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         """H×W×3 uint8 (host or device) -> the packed result on the device (:mod:`postprocess_device`)."""
-        prepared = prepare_on_device(image, self.model.input_params, self.device)
+        prepared = prepare_on_device(image, self.model.input_params, self.device, self.input_hw)
         outputs = self.model(prepared)
         if self._layout is None:
             slots, stuff = outputs.inst_scores.shape[0], outputs.stuff_probs.shape[0]

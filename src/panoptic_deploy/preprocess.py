@@ -4,10 +4,12 @@ model's static input size.
 Decode with PIL (EXIF orientation applied) -> BGR uint8 -> ResizeShortestEdge with PIL bilinear on uint8
 -> float CHW -> (x - mean) / std per channel in tensor order -> zero-pad bottom/right to a multiple of 32.
 
-An exported model has one static input size: :func:`prepare_at_size` refuses an image that pads to another
-size (evaluation and verification images), :func:`fit_to_size` centre-crops or pads one to it (calibration
-images, which need not share the evaluation images' aspect ratio). An image's size from its header and the
-resize geometry live in :mod:`panoptic_deploy.geometry` (torch-free, for the workflow plan).
+An exported model has one static input size: :func:`prepare_at_size` refuses an image whose network input
+is another size (evaluation and verification images), :func:`fit_to_size` centre-crops or pads one to it
+(calibration images, which need not share the evaluation images' aspect ratio). With size buckets
+(config ``model.input_sizes: {buckets: ...}``) an image's network input is the smallest bucket holding its
+padded size, and the image is zero-padded into it. An image's size from its header and the resize geometry
+(the image -> network input rule) live in :mod:`panoptic_deploy.geometry` (torch-free, for the plan).
 
 :func:`prepare_on_device` is the same pipeline in torch ops on any device (one host-to-device copy of the
 uint8 image, fixed shapes): it differs from the host path by its resampling only (docs/pipeline.md,
@@ -28,6 +30,7 @@ from PIL import Image, ImageOps
 
 from panoptic_deploy.errors import ImageError
 from panoptic_deploy.fileio import PathLike
+from panoptic_deploy.geometry import Size, padded_input_size
 from panoptic_deploy.geometry import padded_shape as padded_shape  # noqa: PLC0414  (re-exported)
 from panoptic_deploy.geometry import resized_shape as resized_shape  # noqa: PLC0414
 from panoptic_deploy.modeling.panoptic_fcn import InputParams
@@ -125,10 +128,13 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def network_input_shape(height: int, width: int, params: InputParams) -> tuple[int, int]:
-    """Padded network input (H_in, W_in) for an original image of ``height`` × ``width``."""
-    return padded_shape(
-        *resized_shape(height, width, params.min_size, params.max_size), params.size_divisibility
+def network_input_shape(
+    height: int, width: int, params: InputParams, buckets: Sequence[Size] | None = None
+) -> tuple[int, int]:
+    """Network input (H_in, W_in) for an original image of ``height`` × ``width``: its padded size, or the
+    smallest of ``buckets`` holding it (:func:`panoptic_deploy.geometry.padded_input_size`)."""
+    return padded_input_size(
+        height, width, params.min_size, params.max_size, buckets, params.size_divisibility
     )
 
 
@@ -140,34 +146,48 @@ def resize_image(image: np.ndarray, params: InputParams) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
 
 
-def normalize_and_pad(resized: np.ndarray, params: InputParams) -> torch.Tensor:
-    """H×W×3 uint8 -> 1×3×H_in×W_in float32: per-channel (x - mean) / std, then zero padding."""
+def normalize_and_pad(
+    resized: np.ndarray, params: InputParams, pad_hw: Sequence[int] | None = None
+) -> torch.Tensor:
+    """H×W×3 uint8 -> 1×3×H_in×W_in float32: per-channel (x - mean) / std, then zero padding bottom/right
+    to ``pad_hw`` (default: the next multiple of the size divisibility), which must hold the image."""
     x = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).to(torch.float32)
     mean = torch.tensor(params.pixel_mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(params.pixel_std, dtype=torch.float32).view(3, 1, 1)
     x = (x - mean) / std
     height, width = x.shape[-2:]
-    pad_h, pad_w = padded_shape(height, width, params.size_divisibility)
+    pad_h, pad_w = padded_shape(height, width, params.size_divisibility) if pad_hw is None else pad_hw
     out = torch.zeros(1, 3, pad_h, pad_w, dtype=torch.float32)
     out[0, :, :height, :width] = x
     return out
 
 
-def prepare_image(image: np.ndarray, params: InputParams) -> PreparedImage:
-    """Decoded H×W×3 uint8 (in the model's channel order) -> :class:`PreparedImage`."""
+def prepare_image(
+    image: np.ndarray, params: InputParams, buckets: Sequence[Size] | None = None
+) -> PreparedImage:
+    """Decoded H×W×3 uint8 (in the model's channel order) -> :class:`PreparedImage`, padded to its
+    :func:`network_input_shape` (with ``buckets``: into the smallest bucket holding it)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ImageError(f"expected an H×W×3 uint8 image, got shape {image.shape} dtype {image.dtype}")
     resized = resize_image(image, params)
+    pad_hw = None if buckets is None else network_input_shape(image.shape[0], image.shape[1], params, buckets)
     return PreparedImage(
-        normalize_and_pad(resized, params),
+        normalize_and_pad(resized, params, pad_hw),
         (resized.shape[0], resized.shape[1]),
         (image.shape[0], image.shape[1]),
     )
 
 
-def prepare_at_size(path: PathLike, params: InputParams, input_hw: Sequence[int]) -> PreparedImage:
-    """Read and pre-process ``path``; :class:`ImageError` unless its padded size equals ``input_hw``."""
-    prepared = prepare_image(read_image(path, params.input_format), params)
+def prepare_at_size(
+    path: PathLike, params: InputParams, input_hw: Sequence[int], buckets: Sequence[Size] | None = None
+) -> PreparedImage:
+    """Read and pre-process ``path``; :class:`ImageError` unless its network input (its padded size, or
+    with ``buckets`` the smallest bucket holding that) equals ``input_hw``."""
+    image = read_image(path, params.input_format)
+    try:
+        prepared = prepare_image(image, params, buckets)
+    except ImageError as exc:  # no bucket holds it: name the file
+        raise type(exc)(f"{path}: {exc}") from None
     got = tuple(prepared.tensor.shape[-2:])
     want = tuple(int(v) for v in input_hw)
     if got != want:
@@ -195,9 +215,14 @@ def fit_to_size(image: np.ndarray, params: InputParams, input_hw: Sequence[int])
 
 
 def prepare_on_device(
-    image: np.ndarray | torch.Tensor, params: InputParams, device: torch.device
+    image: np.ndarray | torch.Tensor,
+    params: InputParams,
+    device: torch.device,
+    pad_hw: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """H×W×3 uint8 (numpy or a tensor on any device) -> 1×3×H_in×W_in float32 network input on ``device``.
+    """H×W×3 uint8 (numpy or a tensor on any device) -> 1×3×H_in×W_in float32 network input on ``device``,
+    zero-padded bottom/right to ``pad_hw`` (default: the next multiple of the size divisibility; a size
+    bucket must hold the resized image).
 
     The uint8 image is copied to ``device`` once; resize, normalise and pad run there with fixed shapes (a
     CUDA graph can capture them). The resize follows PIL's: torch's antialiased bilinear (PIL's triangle
@@ -217,7 +242,11 @@ def prepare_on_device(
             x = (x + 0.5).floor_().clamp_(0.0, 255.0)
     mean, std = _channel_constants(params.pixel_mean, params.pixel_std, x.device)
     x = (x - mean) / std
-    pad_h, pad_w = padded_shape(new_h, new_w, params.size_divisibility)
+    pad_h, pad_w = padded_shape(new_h, new_w, params.size_divisibility) if pad_hw is None else pad_hw
+    if pad_h < new_h or pad_w < new_w:
+        raise ImageError(
+            f"resized image {new_h}x{new_w} (H x W) does not fit the network input {pad_h}x{pad_w}"
+        )
     return F.pad(x, (0, pad_w - new_w, 0, pad_h - new_h))
 
 

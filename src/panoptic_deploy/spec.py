@@ -65,9 +65,12 @@ class ModelSpec:
         """One-line error unless the config's head sizes fit ``categories``."""
         categories.check_config(self.cfg, str(self.config))
 
-    def input_hw_for(self, image: PathLike) -> tuple[int, int]:
-        """Padded network input (H, W) of ``image`` under the test resize (from the image header only)."""
+    def input_hw_for(
+        self, image: PathLike, buckets: Sequence[tuple[int, int]] | None = None
+    ) -> tuple[int, int]:
+        """Network input (H, W) of ``image`` under the test resize (from the image header only): its padded
+        size, or the smallest of ``buckets`` holding it."""
         from panoptic_deploy.geometry import image_header_size
         from panoptic_deploy.preprocess import network_input_shape
 
-        return network_input_shape(*image_header_size(image), self.input_params)
+        return network_input_shape(*image_header_size(image), self.input_params, buckets)

@@ -151,6 +151,12 @@ def input_hw(wildcards):
     return PLAN.branch(wildcards.model).input_hw
 
 
+def input_buckets(wildcards):
+    """The size buckets of the branch's model ([[H, W], ...]; the jobs pad each image into its bucket by the
+    plan's rule), or None: each image at its own padded size."""
+    return PLAN.model_of(wildcards.model).bucket_list
+
+
 def precision_onnx(wildcards):
     """The ONNX model an engine of this precision is built from."""
     suffix = {"fp32": "sim", "fp16": "fp16", "int8": "int8"}[wildcards.precision]

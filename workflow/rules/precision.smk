@@ -22,6 +22,7 @@ rule fp16_onnx:
         config=model_config,
         opts=model_opts,
         input_hw=input_hw,
+        buckets=input_buckets,
         data_max=config["fp16"]["data_max"],
         keep_fp32_op_types=config["fp16"]["keep_fp32_op_types"],
         keep_fp32_nodes=config["fp16"]["keep_fp32_nodes"],

@@ -19,6 +19,7 @@ rule reference_outputs:
         config=model_config,
         opts=model_opts,
         input_hw=input_hw,
+        buckets=input_buckets,
         categories=model_categories,
         version=PACKAGE_VERSION,
     script:

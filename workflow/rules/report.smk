@@ -18,7 +18,7 @@ rule verdict:
     input:
         bench=PLAN.bench_files(),
     output:
-        "results/verdict.json",
+        report("results/verdict.json", caption="../report/verdict.rst", category="Report"),
     log:
         "results/logs/verdict/verdict.log",
     benchmark:

@@ -23,5 +23,6 @@ report = export_onnx(
     exporter=snakemake.params.exporter,
     tolerance=Tolerance(atol=snakemake.params.atol, rtol=snakemake.params.rtol, max_flips=0),
     threads=snakemake.threads,
+    buckets=snakemake.params.buckets,
 )
 print(report.summary())

@@ -14,7 +14,11 @@ from panoptic_deploy.precision import convert_fp16  # noqa: E402
 from panoptic_deploy.vocab import INPUT_NAME  # noqa: E402
 
 (image,) = prepare_verify_inputs(
-    snakemake.params.config, [snakemake.input.image], snakemake.params.input_hw, opts=snakemake.params.opts
+    snakemake.params.config,
+    [snakemake.input.image],
+    snakemake.params.input_hw,
+    opts=snakemake.params.opts,
+    buckets=snakemake.params.buckets,
 )
 report = convert_fp16(
     snakemake.input.onnx,

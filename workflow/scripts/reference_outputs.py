@@ -22,5 +22,6 @@ reference = write_reference(
     model_name=snakemake.wildcards.model,
     threads=snakemake.threads,
     categories=load_category_set(snakemake.params.categories),
+    buckets=snakemake.params.buckets,
 )
 print(f"wrote {snakemake.output[0]}: {len(reference.images)} image(s)")

@@ -17,7 +17,11 @@ report = simplify_onnx(
     snakemake.input.onnx,
     snakemake.output[0],
     prepare_verify_inputs(
-        snakemake.params.config, snakemake.input.images, snakemake.params.input_hw, opts=snakemake.params.opts
+        snakemake.params.config,
+        snakemake.input.images,
+        snakemake.params.input_hw,
+        opts=snakemake.params.opts,
+        buckets=snakemake.params.buckets,
     ),
     simplifier=snakemake.params.simplifier,
     tolerance=Tolerance(atol=snakemake.params.atol, rtol=0.0, max_flips=0),

@@ -23,6 +23,7 @@ from panoptic_deploy.categories import COCO, CategorySet
 from panoptic_deploy.compare import as_numpy_outputs
 from panoptic_deploy.errors import BenchError
 from panoptic_deploy.fileio import PathLike, atomic_path, file_sha256
+from panoptic_deploy.geometry import Size
 from panoptic_deploy.preprocess import prepare_at_size
 from panoptic_deploy.spec import ModelSpec
 from panoptic_deploy.vocab import OUTPUT_NAMES
@@ -53,6 +54,12 @@ class Reference:
     sha256: str
     categories: CategorySet = COCO  # the model's category set (meta "categories"; COCO in older files)
 
+    @property
+    def buckets(self) -> tuple[Size, ...] | None:
+        """The size buckets its images were padded into (meta "buckets"), None for per-size padding."""
+        buckets = self.meta.get("buckets")
+        return None if buckets is None else tuple((int(h), int(w)) for h, w in buckets)
+
 
 def image_names(images: Sequence[PathLike]) -> list[str]:
     """File stems of ``images``: the names pairing an evaluation image with its reference and ground truth."""
@@ -74,8 +81,10 @@ def write_reference(
     model_name: str | None = None,
     threads: int | None = None,
     categories: CategorySet = COCO,
+    buckets: Sequence[Size] | None = None,
 ) -> Reference:
-    """Run torch FP32 on CPU over ``images`` (all must pad to ``input_hw``) and write ``output`` (.npz).
+    """Run torch FP32 on CPU over ``images`` (all must pad to ``input_hw``; with ``buckets``, each into the
+    smallest bucket holding it, which must be ``input_hw``) and write ``output`` (.npz).
 
     The file holds, per image ``i``: ``img{i}.<output name>`` (the seven network outputs),
     ``img{i}.panoptic_seg`` (H×W int32) and ``img{i}.segments`` (JSON), plus ``meta`` (JSON: model name,
@@ -98,7 +107,7 @@ def write_reference(
     entries = []
     with torch.no_grad():
         for i, (path, name) in enumerate(zip(images, names, strict=True)):
-            prepared = prepare_at_size(path, model.input_params, (height, width))
+            prepared = prepare_at_size(path, model.input_params, (height, width), buckets)
             outputs = model(prepared.tensor)
             result = postprocess(outputs, prepared.image_size, prepared.orig_size, model.inference)
             for key, value in as_numpy_outputs(outputs).items():
@@ -119,6 +128,7 @@ def write_reference(
         "config": str(spec.config),
         "opts": list(spec.opts),
         "input_shape": [1, 3, height, width],
+        "buckets": None if buckets is None else [[int(h), int(w)] for h, w in buckets],
         "images": entries,
         "categories": categories.to_json(),
         "category_source": categories.source,

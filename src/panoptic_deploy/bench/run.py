@@ -162,10 +162,11 @@ class _Pipeline:
         self.inference = model.inference_params
         self.runner = runner
         self.input_hw = ref.input_shape[2:]
+        self.buckets = ref.buckets
         self.reference = reference
 
     def pre(self, k: int) -> tuple[PreparedImage, Any]:
-        prepared = prepare_image(self.decoded[k], self.input_params)
+        prepared = prepare_image(self.decoded[k], self.input_params, self.buckets)
         if tuple(prepared.tensor.shape[-2:]) != tuple(self.input_hw):
             raise BenchError(
                 f"{self.images[k]}: pads to network input {tuple(prepared.tensor.shape[-2:])}, the reference "

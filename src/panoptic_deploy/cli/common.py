@@ -20,13 +20,33 @@ def check_output(option: str, path: str | None, inputs: Iterable[str | None]) ->
     refuse_overwriting_inputs([path], inputs)
 
 
-def input_hw(values: Sequence[int] | None, config: str, image: str, opts: Sequence[str]) -> tuple[int, int]:
-    """``--input-hw`` if given, else the padded size of ``image`` under the config's test resize."""
+def input_hw(
+    values: Sequence[int] | None,
+    config: str,
+    image: str,
+    opts: Sequence[str],
+    buckets: Sequence[tuple[int, int]] | None = None,
+) -> tuple[int, int]:
+    """``--input-hw`` if given, else the network input of ``image`` under the config's test resize (its
+    padded size, or the smallest of ``buckets`` holding it)."""
     from panoptic_deploy.spec import ModelSpec
 
     if values is not None:
         return int(values[0]), int(values[1])
-    return ModelSpec.of(config, opts).input_hw_for(image)
+    return ModelSpec.of(config, opts).input_hw_for(image, buckets)
+
+
+def add_buckets(parser: argparse.ArgumentParser) -> None:
+    """``--bucket H W`` (the config's ``model.input_sizes: {buckets: ...}``), repeatable."""
+    parser.add_argument("--bucket", action="append", type=int, nargs=2, metavar=("H", "W"), dest="buckets",
+                        help="size bucket (model.input_sizes: {buckets: ...}): each image is padded into the "
+                        "smallest (area) holding it, which must be the model's input size; "
+                        "repeatable")  # fmt: skip
+
+
+def buckets(args: argparse.Namespace) -> tuple[tuple[int, int], ...] | None:
+    """The ``--bucket`` sizes, None without any."""
+    return None if args.buckets is None else tuple((int(h), int(w)) for h, w in args.buckets)
 
 
 def add_int8_exclusions(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,15 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from panoptic_deploy.cli.common import add_categories, add_int8_exclusions, add_opts, check_output, input_hw
+from panoptic_deploy.cli.common import (
+    add_buckets,
+    add_categories,
+    add_int8_exclusions,
+    add_opts,
+    buckets,
+    check_output,
+    input_hw,
+)
 from panoptic_deploy.defaults import schema_default
 from panoptic_deploy.vocab import (
     BENCH_BACKENDS,
@@ -40,7 +48,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         args.config,
         args.weights,
         args.output,
-        input_hw(args.input_hw, args.config, args.image, args.opts),
+        input_hw(args.input_hw, args.config, args.image, args.opts, buckets(args)),
         args.image,
         opts=args.opts,
         opset=args.opset,
@@ -48,6 +56,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         deform_conv=args.deform_conv,
         tolerance=tolerance,
         threads=args.threads,
+        buckets=buckets(args),
     )
     print(report.summary())
     return 0
@@ -64,6 +73,7 @@ def _add_export(sub: Subparsers) -> None:
     p.add_argument(
         "--input-hw", type=int, nargs=2, metavar=("H", "W"), help="network input (default: --image's)"
     )
+    add_buckets(p)
     add_opts(p)
     opset = schema_default("export", "opset")
     p.add_argument("--opset", type=int, default=opset, help=f"ONNX opset (default {opset})")
@@ -83,7 +93,7 @@ def _cmd_simplify(args: argparse.Namespace) -> int:
 
     check_output("--output", args.output, [args.input, args.config, *args.images])
     hw = onnx_input_hw(args.input)
-    inputs = prepare_verify_inputs(args.config, args.images, hw, args.opts)
+    inputs = prepare_verify_inputs(args.config, args.images, hw, args.opts, buckets(args))
     report = simplify_onnx(args.input, args.output, inputs, simplifier=args.simplifier, threads=args.threads)
     print(report.summary())
     return 0
@@ -99,6 +109,7 @@ def _add_simplify(sub: Subparsers) -> None:
     p.add_argument("--simplifier", choices=SIMPLIFIERS, default=simplifier,
                    help=f"the simplifier (default {simplifier}); recorded in the model metadata")  # fmt: skip
     p.add_argument("--config", required=True, help="config of the model (pre-processing of the check images)")
+    add_buckets(p)
     add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for the check")
     p.add_argument("images", nargs="+", help="images to check on (must pad to the model's input size)")
@@ -110,7 +121,8 @@ def _cmd_fp16(args: argparse.Namespace) -> int:
     from panoptic_deploy.precision import convert_fp16
 
     check_output("--output", args.output, [args.input, args.config, args.image])
-    (image,) = prepare_verify_inputs(args.config, [args.image], onnx_input_hw(args.input), args.opts)
+    hw = onnx_input_hw(args.input)
+    (image,) = prepare_verify_inputs(args.config, [args.image], hw, args.opts, buckets(args))
     report = convert_fp16(
         args.input,
         args.output,
@@ -136,6 +148,7 @@ def _add_fp16(sub: Subparsers) -> None:
                    help="ONNX op type always kept FP32; repeatable")  # fmt: skip
     p.add_argument("--keep-fp32-node", action="append", default=[], metavar="REGEX",
                    help="node names (full match) kept FP32; repeatable")  # fmt: skip
+    add_buckets(p)
     add_opts(p)
     p.set_defaults(func=_cmd_fp16)
 
@@ -255,11 +268,12 @@ def _cmd_reference(args: argparse.Namespace) -> int:
         args.weights,
         args.images,
         args.output,
-        input_hw(args.input_hw, args.config, args.images[0], args.opts),
+        input_hw(args.input_hw, args.config, args.images[0], args.opts, buckets(args)),
         opts=args.opts,
         model_name=args.model,
         threads=args.threads,
         categories=load_category_set(args.categories),
+        buckets=buckets(args),
     )
     print(
         f"wrote {args.output}: torch FP32 reference of {reference.model} on {len(reference.images)} image(s)"
@@ -276,6 +290,7 @@ def _add_reference(sub: Subparsers) -> None:
         "--input-hw", type=int, nargs=2, metavar=("H", "W"), help="network input (default: first image's)"
     )
     p.add_argument("--model", default=None, help="model name to record (default: the output file stem)")
+    add_buckets(p)
     add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     add_categories(p)

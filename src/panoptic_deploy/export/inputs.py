@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from panoptic_deploy.errors import ExportError, PanopticDeployError
 from panoptic_deploy.fileio import PathLike
-from panoptic_deploy.geometry import image_header_size
+from panoptic_deploy.geometry import Size, image_header_size
 from panoptic_deploy.modeling.panoptic_fcn import input_params_from_config
 from panoptic_deploy.onnx_utils import summarize_onnx
 from panoptic_deploy.preprocess import network_input_shape, prepare_at_size
@@ -41,11 +41,13 @@ def prepare_verify_inputs(
     images: Sequence[PathLike],
     input_hw: Sequence[int],
     opts: Sequence[str] = (),
+    buckets: Sequence[Size] | None = None,
 ) -> list[NDArray[np.float32]]:
     """Network inputs (1×3×H×W float32) of ``images`` for :func:`simplify_onnx`; each must pad to
-    ``input_hw``. ``config``: a :class:`ModelSpec` or a config file with ``opts``."""
+    ``input_hw`` (with ``buckets``: have it as its smallest bucket). ``config``: a :class:`ModelSpec` or a
+    config file with ``opts``."""
     params = ModelSpec.of(config, opts).input_params
-    return [prepare_at_size(p, params, input_hw).tensor.numpy() for p in images]
+    return [prepare_at_size(p, params, input_hw, buckets).tensor.numpy() for p in images]
 
 
 def onnx_input_hw(path: PathLike) -> tuple[int, int]:

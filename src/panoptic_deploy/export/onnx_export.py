@@ -32,6 +32,7 @@ from panoptic_deploy.compare import (
 from panoptic_deploy.defaults import schema_default
 from panoptic_deploy.errors import ExportError, first_line
 from panoptic_deploy.fileio import PathLike, atomic_path, file_sha256
+from panoptic_deploy.geometry import Size
 from panoptic_deploy.modeling import PanopticFCN
 from panoptic_deploy.modeling.deform_conv import (
     DEFORMCONV_MIN_OPSET,
@@ -247,14 +248,16 @@ def export_onnx(
     deform_conv: ExportMode = "grid_sample",
     tolerance: Tolerance = DEFAULT_EXPORT_TOLERANCE,
     threads: int | None = None,
+    buckets: Sequence[Size] | None = None,
 ) -> ExportReport:
     """Export the network of ``config`` + ``weights`` to ``output`` with a static 1×3×H×W input.
 
     (H, W) = ``input_hw``.
 
-    ``verify_image`` must pad to exactly ``input_hw``; ONNX Runtime's outputs on it must match PyTorch's
-    within ``tolerance`` (floats: ``atol + rtol·|ref|``; bool/int outputs: at most ``max_flips`` mismatches
-    after instance matching, :mod:`panoptic_deploy.compare`), else :class:`ExportError` and no file.
+    ``verify_image`` must pad to exactly ``input_hw`` (with ``buckets``: have it as its smallest bucket);
+    ONNX Runtime's outputs on it must match PyTorch's within ``tolerance`` (floats: ``atol + rtol·|ref|``;
+    bool/int outputs: at most ``max_flips`` mismatches after instance matching,
+    :mod:`panoptic_deploy.compare`), else :class:`ExportError` and no file.
     ``exporter``: "auto" (dynamo, legacy if dynamo raises), "dynamo" or "legacy". ``deform_conv``: how DCNv2
     layers are written ("grid_sample", any opset >= 16; "onnx_deformconv", opset >= 19).
     """
@@ -267,7 +270,7 @@ def export_onnx(
         )
     model = build_model(ModelSpec.of(config, opts).cfg)
     load_weights(model, weights)
-    prepared = prepare_at_size(verify_image, model.input_params, input_hw)
+    prepared = prepare_at_size(verify_image, model.input_params, input_hw, buckets)
     input_shape = (1, 3, int(input_hw[0]), int(input_hw[1]))
     with torch.no_grad():
         reference = model(prepared.tensor)
