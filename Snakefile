@@ -30,6 +30,7 @@ include: "workflow/rules/precision.smk"
 include: "workflow/rules/engines.smk"
 include: "workflow/rules/reference.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/int8_debug.smk"
 include: "workflow/rules/report.smk"
 
 

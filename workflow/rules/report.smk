@@ -8,6 +8,7 @@ rule report:
     input:
         bench=PLAN.bench_files(),
         trtexec=PLAN.trtexec_files(),
+        int8_debug=INT8_DEBUG_FILES,
     output:
         report="results/report.md",
         latency="results/report/latency.png",

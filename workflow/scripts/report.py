@@ -20,5 +20,6 @@ summary = write_report(
     skipped=snakemake.params.skipped,
     example_image=snakemake.params.example_image,
     trtexec_files=snakemake.input.trtexec,
+    int8_debug_files=snakemake.input.int8_debug,
 )
 print(summary)

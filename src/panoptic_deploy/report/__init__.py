@@ -22,6 +22,7 @@ from panoptic_deploy.bench.results import BenchResult, read_bench
 from panoptic_deploy.engines.trtexec import TrtexecCheck, read_trtexec_check
 from panoptic_deploy.errors import BenchError
 from panoptic_deploy.fileio import PathLike, atomic_files
+from panoptic_deploy.report.int8_section import int8_debug_lines
 from panoptic_deploy.report.plots import (
     PLOT_ACCURACY_SPEED,
     PLOT_LATENCY,
@@ -96,6 +97,7 @@ def write_report(
     skipped: Sequence[SkippedCombo | Mapping[str, Any]] = (),
     example_image: str | None = None,
     trtexec_files: Sequence[PathLike] = (),
+    int8_debug_files: Sequence[PathLike] = (),
 ) -> ReportSummary:
     """Write the Markdown report ``output`` and its PNG plots into ``plots_dir`` (default: a folder named like
     ``output`` without suffix, e.g. ``results/report/`` for ``results/report.md``).
@@ -104,7 +106,8 @@ def write_report(
     :class:`SkippedCombo` or ``{"backend", "precision", "reason"}`` dicts; each becomes one plain line.
     ``example_image``: file name or stem of the evaluation image to show per row (default: the first).
     ``trtexec_files``: trtexec cross-checks (:mod:`panoptic_deploy.engines.trtexec`), set beside the
-    benchmark row that ran the same engine file.
+    benchmark row that ran the same engine file. ``int8_debug_files``: ``results/int8_debug/<model>.json``
+    (rule ``int8_debug``), one section after the results.
     """
     output = Path(output)
     plots = Path(plots_dir) if plots_dir is not None else output.with_suffix("")
@@ -133,6 +136,7 @@ def write_report(
             examples[model] = (path, plot_panoptic(model_rows, files.path(path), chosen))
             written.append(path)
         text = _report_text(rows, models, checks, skipped_list, examples, output, plots)
+        text += "\n" + "\n".join(int8_debug_lines(int8_debug_files)) if int8_debug_files else ""
         files.path(output).write_text(text, encoding="utf-8")
     return ReportSummary(str(output), tuple(str(p) for p in written), len(rows), len(skipped_list))
 
