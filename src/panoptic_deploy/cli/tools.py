@@ -241,8 +241,12 @@ def _add_int8_debug(sub: Subparsers) -> None:
     p.add_argument("--max-nodes", type=int, default=None,
                    help="nodes the search may exclude (default: half the quantized nodes)")  # fmt: skip
     evaluations = schema_default("int8", "search_evaluations")
-    p.add_argument("--max-evaluations", type=int, default=evaluations,
-                   help="model evaluations the search may spend (0: no search; default %(default)s)")
+    p.add_argument(
+        "--max-evaluations",
+        type=int,
+        default=evaluations,
+        help="model evaluations the search may spend (0: no search; default %(default)s)",
+    )
     p.add_argument("--search-images", type=int, default=None,
                    help="reference images each search evaluation runs on (default: all)")  # fmt: skip
     add_int8_exclusions(p)
