@@ -339,6 +339,28 @@ def test_changing_a_bench_setting_reruns_only_benchmarks_and_report(clone: Path,
     assert dry_run_outputs(clone) == groups["bench"] | groups["report"] | groups["debug"]
 
 
+def test_int8_debug_auto_mode_writes_gate_passed_when_the_gate_passes(clone: Path, ort_key: str) -> None:
+    from panoptic_deploy.int8_job import read_int8_debug
+
+    cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
+    cfg["int8"]["debug"] = "auto"
+    cfg["gates"] = {"int8": {"max_pq_drop": 100.0}}  # any INT8 row passes
+    _write_config(clone, cfg)
+    groups = tiny_outputs(ort_key)
+    assert dry_run_outputs(clone) == groups["debug"] | groups["report"]
+    proc = snakemake(clone, "--cores", "1", "results/report.md")
+    assert proc.returncode == 0, _combined(proc)[-4000:]
+    data = read_int8_debug(clone / f"results/int8_debug/{TINY_MODEL}.json")
+    assert (data["mode"], data["status"], data["debug"]) == ("auto", "gate passed", None)
+    assert data["gate_rows"] and all(r["status"] == "PASS" for r in data["gate_rows"])
+    report = (clone / "results/report.md").read_text(encoding="utf-8")
+    assert f"### {TINY_MODEL}\n\nEvery INT8 row passed its gate: not debugged" in report
+
+    cfg["int8"]["debug"] = False  # no job, no section; the report still builds
+    _write_config(clone, cfg)
+    assert dry_run_outputs(clone) == groups["report"]
+
+
 def test_interrupted_run_resumes_through_incomplete_file_handling(clone: Path, ort_key: str) -> None:
     cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
     cfg["bench"]["iterations"] = 2  # the benchmarks (and the report) must run again

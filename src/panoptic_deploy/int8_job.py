@@ -80,6 +80,7 @@ def run_int8_debug(
     opts: Sequence[str],
     bench_files: Sequence[PathLike],
     gates_config: Mapping[str, Any] | None,
+    high_precision: str = "fp32",
     exclude_op_types: Sequence[str] = (),
     exclude_nodes: Sequence[str] = (),
     search_evaluations: int = 60,
@@ -87,7 +88,8 @@ def run_int8_debug(
     output: PathLike,
 ) -> Int8DebugRun:
     """The ``int8_debug`` job: decide from the gate (``mode``, module docstring), debug, search, write
-    ``output`` (schema ``int8_debug.schema.json``)."""
+    ``output`` (schema ``int8_debug.schema.json``). ``high_precision`` and the exclusions are those
+    ``int8_onnx`` was made with (the search re-quantizes the same way)."""
     from panoptic_deploy.defaults import schema_default
 
     rows, passed = int8_gate_rows(bench_files, gates_config, model)
@@ -107,7 +109,8 @@ def run_int8_debug(
             evaluate = panoptic_fidelity_evaluator(reference, config, opts, threads)
             search = sensitivity_search(
                 fp32_onnx, cache, int8_onnx, evaluate, budget,
-                max_evaluations=search_evaluations, exclude_op_types=exclude_op_types,
+                max_evaluations=search_evaluations, high_precision=high_precision,
+                exclude_op_types=exclude_op_types,
                 exclude_nodes=exclude_nodes,
             )  # fmt: skip
             debug = replace(debug, search=search)

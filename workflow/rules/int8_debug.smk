@@ -49,6 +49,7 @@ rule int8_debug:
         config=model_config,
         opts=model_opts,
         gates=config["gates"],
+        high_precision=PLAN.int8_high_precision,
         exclude_op_types=config["int8"]["exclude_op_types"],
         exclude_nodes=config["int8"]["exclude_nodes"],
         search_evaluations=config["int8"]["search_evaluations"],

@@ -25,6 +25,7 @@ run = run_int8_debug(
     opts=snakemake.params.opts,
     bench_files=snakemake.input.bench,
     gates_config=snakemake.params.gates,
+    high_precision=snakemake.params.high_precision,
     exclude_op_types=snakemake.params.exclude_op_types,
     exclude_nodes=snakemake.params.exclude_nodes,
     search_evaluations=snakemake.params.search_evaluations,
