@@ -269,6 +269,46 @@ def _prune(
     return tuple(nodes), loss
 
 
+def _excludable_groups(fp32_onnx: PathLike, int8: Any) -> list[NodeGroup]:
+    """The INT8 model's groups of quantized nodes, named by the FP32 model's module scopes, with only the
+    nodes of the FP32 model (``int8.exclude_nodes`` cannot name ModelOpt's own Casts)."""
+    import onnx
+
+    from panoptic_deploy.onnx_scopes import module_scopes
+
+    fp32 = onnx.load(str(fp32_onnx))
+    names = {n.name for n in fp32.graph.node}
+    trimmed = (
+        replace(g, nodes=tuple(n for n in g.nodes if n in names))
+        for g in quantized_groups(int8, module_scopes(fp32))
+    )
+    return [g for g in trimmed if g.nodes]
+
+
+def _rounds(
+    trials: _Trials, groups: Sequence[NodeGroup], current: float, budget: float, limit: int
+) -> list[Exclusion]:
+    """The greedy rounds of :func:`sensitivity_search`: the exclusions, in the order found."""
+    kept: list[str] = []
+    exclusions: list[Exclusion] = []
+    while current > budget and len(kept) < limit:
+        tops = [g for g in groups if len(g.parts) == 1 and not set(g.nodes) <= set(kept)]
+        found = trials.best(kept, tops)
+        if found is not None and found[1] < current:
+            found = _descend(trials, groups, kept, found, current, limit - len(kept))
+        if found is None or found[1] >= current:
+            break
+        group, current = found
+        nodes = tuple(n for n in group.nodes if n not in kept)
+        if current <= budget:
+            nodes, pruned = _prune(trials, groups, kept, replace(group, nodes=nodes), budget)
+            current = current if pruned is None else pruned
+        trials.mark_kept([*kept, *nodes])
+        kept.extend(nodes)
+        exclusions.append(Exclusion(group.name, nodes))
+    return exclusions
+
+
 def sensitivity_search(
     fp32_onnx: PathLike,
     cache: PathLike,
@@ -302,51 +342,25 @@ def sensitivity_search(
     under ``confirm`` (measured if None)."""
     import onnx
 
-    from panoptic_deploy.onnx_scopes import module_scopes
     from panoptic_deploy.precision import quantize_int8
 
     started = time.perf_counter()
     confirm = evaluate if confirm is None else confirm
-    fp32 = onnx.load(str(fp32_onnx))
-    fp32_nodes = {n.name for n in fp32.graph.node}
     int8 = onnx.load(str(int8_onnx))
-    # Only nodes of the FP32 model can be excluded (not ModelOpt's own Casts).
-    groups = [
-        g
-        for g in (
-            replace(g, nodes=tuple(n for n in g.nodes if n in fp32_nodes))
-            for g in quantized_groups(int8, module_scopes(fp32))
-        )
-        if g.nodes
-    ]
+    groups = _excludable_groups(fp32_onnx, int8)
     limit = max_nodes if max_nodes is not None else sum(g.node for g in groups) // 2
     first = confirm(Path(int8_onnx)) if initial_loss is None else initial_loss
     with tempfile.TemporaryDirectory(prefix="int8_search_", dir=workdir) as tmp:
         trials = _Trials(int8, evaluate, Path(tmp), max_evaluations)
         current = evaluate(Path(int8_onnx)) if confirm is not evaluate else first
-        kept: list[str] = []
-        exclusions: list[Exclusion] = []
-        while current > budget and len(kept) < limit:
-            tops = [g for g in groups if len(g.parts) == 1 and not set(g.nodes) <= set(kept)]
-            found = trials.best(kept, tops)
-            if found is not None and found[1] < current:
-                found = _descend(trials, groups, kept, found, current, limit - len(kept))
-            if found is None or found[1] >= current:
-                break
-            group, current = found
-            nodes = tuple(n for n in group.nodes if n not in kept)
-            if current <= budget:
-                nodes, pruned = _prune(trials, groups, kept, replace(group, nodes=nodes), budget)
-                current = current if pruned is None else pruned
-            trials.mark_kept([*kept, *nodes])
-            kept.extend(nodes)
-            exclusions.append(Exclusion(group.name, nodes))
+        exclusions = _rounds(trials, groups, current, budget, limit)
         final = first
         if exclusions:
             out = Path(tmp) / "confirm.onnx"
+            found = [re.escape(n) for e in exclusions for n in e.nodes]
             quantize_int8(
                 fp32_onnx, cache, out, high_precision, exclude_op_types=exclude_op_types,
-                exclude_nodes=[*exclude_nodes, *(re.escape(n) for n in kept)],
+                exclude_nodes=[*exclude_nodes, *found],
             )  # fmt: skip
             final = confirm(out)
     return SearchResult(
