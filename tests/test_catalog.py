@@ -126,6 +126,7 @@ def test_dot_test_config_plans_every_stage_of_the_workflow(tmp_path: Path) -> No
         "bench_torch": 1,
         "bench_engine": 3,
         "polygraphy_files": 1,
+        "int8_debug": 1,
         "verdict": 1,
         "report": 1,
         "verdict_check": 1,

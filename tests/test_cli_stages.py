@@ -42,12 +42,12 @@ def test_precision_and_engine_stages_from_the_command_line(art: pa.Artifacts, tm
     assert main(args) == 0
     assert summarize_onnx(int8).precision == "int8"
 
-    # int8-debug (no search here: each search step re-quantizes, tens of seconds on 2 cores): every
+    # int8-debug (no search here: it evaluates the model tens of times): every
     # activation Q/DQ pair compared, worst first, named by the module the export recorded.
     debug = tmp_path / "m.int8-debug.json"
     args = ["int8-debug", "--fp32", sim, "--int8", str(int8), "--cache", str(cache), *config, *_opts(),
             "--output", str(debug), "--count", "2"]  # fmt: skip
-    assert main([*args, "--max-nodes", "0", "--", *images]) == 0
+    assert main([*args, "--max-evaluations", "0", "--", *images]) == 0
     result = json.loads(debug.read_text(encoding="utf-8"))
     assert result["inputs"] == 2 and result["search"] is None
     tensors = result["tensors"]
@@ -56,7 +56,7 @@ def test_precision_and_engine_stages_from_the_command_line(art: pa.Artifacts, tm
     assert local == sorted(local)
     assert all(t["modules"] for t in tensors[:10]), tensors[:10]
     with pytest.raises(SystemExit, match="--reference"):
-        main([*args, "--max-nodes", "2", "--", *images])  # a search without --reference
+        main([*args, "--max-evaluations", "2", "--", *images])  # a search without --reference
 
     engine = tmp_path / "m.int8.ort.onnx"
     assert main(["engine", "--backend", "onnxruntime", "--input", str(int8), "--output", str(engine)]) == 0

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import pytest
 import torch
 
 from panoptic_deploy.int8_debug import activation_qdq_pairs, debug_int8, sqnr_db, write_int8_debug
+from panoptic_deploy.int8_groups import quantized_nodes, unquantize_nodes
 from panoptic_deploy.int8_search import output_noise_evaluator, sensitivity_search
 from panoptic_deploy.onnx_scopes import MODEL_SCOPES_KEY, carry_module_scopes, module_scopes
 from panoptic_deploy.precision import (
@@ -117,6 +119,9 @@ def test_simplifiers_drop_node_scopes_and_carry_keeps_them(models: dict[str, Pat
         "head (Conv2d)",
         "stem (Conv2d)",
     ]
+    # The top-level forward's own op (the stem's ReLU) is named by its data flow, not "(SmallNet)".
+    relu = next(n.name for n in exported.graph.node if n.op_type == "Relu" and "body" not in scopes[n.name])
+    assert scopes[relu] == "SmallNet.forward: stem -> out"
     slimmed = onnxslim.slim(onnx.load(str(models["raw"])))
     assert all(len(n.metadata_props) == 0 for n in slimmed.graph.node)  # what the simplifier does
     assert module_scopes(slimmed) == {}
@@ -200,28 +205,98 @@ print(json.dumps(err))
 
 def test_search_excludes_the_damaged_node_and_recovers(models: dict[str, Path], tmp_path: Path) -> None:
     rng = np.random.default_rng()
-    debug = debug_int8(models["sim"], models["int8"], _batches(rng, 2), threads=1)
     evaluate = output_noise_evaluator(models["sim"], _batches(rng, 3), threads=1)
     clean_loss = evaluate(models["clean"])
     damaged_loss = evaluate(models["int8"])
     assert damaged_loss > 20 * clean_loss  # the damage is large and measurable
     budget = 0.5 * (clean_loss + damaged_loss) / 10  # far below the damaged loss, above the clean one
     result = sensitivity_search(
-        models["sim"], models["damaged"], debug, evaluate, budget, max_nodes=3, initial_loss=damaged_loss,
-        workdir=tmp_path,
+        models["sim"], models["damaged"], models["int8"], evaluate, budget, max_nodes=3,
+        initial_loss=damaged_loss, workdir=tmp_path,
     )  # fmt: skip
     conv = str(models["conv"])
+    # By effect: "body" (both blocks) helps most of the three top-level modules, body.1 keeps its gain,
+    # and its one conv is the culprit; excluded alone, re-quantized with ModelOpt and measured again.
     assert result.passed and result.exclude_nodes == (re.escape(conv),)
-    assert [(s.nodes, s.kept) for s in result.steps] == [((conv,), True)]
+    assert [e.group for e in result.exclusions] == [f"body.1.conv / {conv}"]
+    tried = [s.group for s in result.steps]
+    assert tried[:3] == ["stem", "body", "head"] and "body.1" in tried and "body.0" in tried
+    # body.1, its conv and that node are one node set: measured once, that trial is the kept one.
+    assert [s.nodes for s in result.steps if s.kept] == [(conv,)]
+    losses = {s.group: s.loss for s in result.steps}
+    assert losses["body"] <= budget < min(losses["stem"], losses["head"], losses["body.0"])
     assert result.final_loss <= budget < result.initial_loss == damaged_loss
-    assert result.config_snippet() == f'int8:\n  exclude_nodes:\n    - "{re.escape(conv)}"\n'
-    assert list(tmp_path.iterdir()) == []  # the step models are removed
+    assert result.evaluations == len(result.steps) <= 8
+    assert result.config_snippet() == (
+        f'int8:\n  exclude_nodes:\n    # body.1.conv / {conv} (1 node)\n    - "{re.escape(conv)}"\n'
+    )
+    assert list(tmp_path.iterdir()) == []  # the trial and confirmation models are removed
 
-    # A budget nothing can reach: the node budget stops it, each kept exclusion lowered the loss.
+    # The config's own exclusions come first in the snippet; a budget nothing reaches stops at max_nodes.
+    sim = onnx.load(str(models["sim"]))
+    scopes = module_scopes(sim)
+    head = next(n.name for n in sim.graph.node if scopes.get(n.name) == "head (Conv2d)")
     hopeless = sensitivity_search(
-        models["sim"], models["damaged"], debug, evaluate, -1.0, max_nodes=2, max_steps=2,
-        initial_loss=damaged_loss, exclude_nodes=[re.escape(conv)],
+        models["sim"], models["damaged"], models["int8"], evaluate, -1.0, max_nodes=1,
+        initial_loss=damaged_loss, exclude_nodes=[re.escape(head)],
     )  # fmt: skip
-    assert not hopeless.passed and len(hopeless.steps) <= 2
-    assert all(s.nodes[0] != conv for s in hopeless.steps)
-    assert hopeless.config_snippet().startswith(f'int8:\n  exclude_nodes:\n    - "{re.escape(conv)}"\n')
+    assert not hopeless.passed and len(hopeless.exclude_nodes) == 1
+    assert hopeless.config_snippet().startswith(f'int8:\n  exclude_nodes:\n    - "{re.escape(head)}"\n')
+
+
+def test_unquantize_nodes_reads_the_unquantized_tensors(models: dict[str, Path]) -> None:
+    int8 = onnx.load(str(models["int8"]))
+    conv = str(models["conv"])
+    assert conv in quantized_nodes(int8)
+    edited = unquantize_nodes(int8, [conv])
+    node = next(n for n in edited.graph.node if n.name == conv)
+    producers = {o: n.op_type for n in edited.graph.node for o in n.output}
+    inits = {i.name for i in edited.graph.initializer}
+    # Its activation comes straight from the ReLU, its weight is the FP32 initializer: no Q/DQ left.
+    assert producers[node.input[0]] == "Relu" and node.input[1] in inits
+    assert conv not in quantized_nodes(edited)
+    assert len(activation_qdq_pairs(edited)) == len(activation_qdq_pairs(int8)) - 1
+    read = {i for n in edited.graph.node for i in n.input}
+    assert all(i.name in read for i in edited.graph.initializer)  # the dropped pairs' scales are gone too
+    onnx.checker.check_model(edited)
+
+
+def test_report_section_names_tensors_modules_and_the_exclusions(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    from panoptic_deploy.int8_debug import Int8DebugError
+    from panoptic_deploy.int8_job import INT8_DEBUG_SCHEMA, Int8DebugRun, read_int8_debug
+    from panoptic_deploy.int8_search import Exclusion, SearchResult
+    from panoptic_deploy.jsonfiles import write_checked_json
+    from panoptic_deploy.report.int8_section import int8_debug_lines
+
+    debug = debug_int8(models["sim"], models["int8"], _batches(np.random.default_rng(), 2), threads=1)
+    conv = str(models["conv"])
+    search = SearchResult(
+        budget=2.0, initial_loss=7.5, final_loss=1.25, passed=True,
+        exclusions=(Exclusion("body.1", (conv,)),), base_exclude_nodes=(), seconds=12.0, evaluations=5,
+    )  # fmt: skip
+    row = {"row": "small onnxruntime int8", "gate": "max_pq_drop", "status": "FAIL"}
+    debugged = tmp_path / "small.json"
+    run = Int8DebugRun("small", "auto", "debugged", (row,), replace(debug, search=search))
+    write_checked_json(run.to_json(), debugged, INT8_DEBUG_SCHEMA, "INT8 debug result", Int8DebugError)
+    assert read_int8_debug(debugged)["debug"]["tensors"][0]["tensor"] == str(models["tensor"])
+    passed = tmp_path / "other.json"
+    write_checked_json(
+        Int8DebugRun("other", "auto", "gate passed", ()).to_json(), passed, INT8_DEBUG_SCHEMA,
+        "INT8 debug result", Int8DebugError,
+    )  # fmt: skip
+    text = "\n".join(int8_debug_lines([debugged, passed], top=2))
+    assert text.startswith("## INT8 debugging\n\n### small\n")
+    assert "Debugged because: INT8 gate not passed by small onnxruntime int8." in text
+    assert f"| `{models['tensor']}` | body.1.conv (Conv2d) | `{conv}` |" in text
+    assert text.count("\n| `") == 2  # the two worst tensors
+    assert "7.50 -> 1.25 after re-quantizing with its exclusions, which passes the budget of 2" in text
+    snippet = f'int8:\n  exclude_nodes:\n    # body.1 (1 node)\n    - "{re.escape(conv)}"'
+    assert f"- body.1: 1 node(s)\n\nTo apply it, paste into the config:\n\n```yaml\n{snippet}\n```" in text
+    assert "### other\n\nEvery INT8 row passed its gate: not debugged" in text
+    assert int8_debug_lines([]) == []
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format_version": 1}', encoding="utf-8")
+    with pytest.raises(Exception, match=r"broken\.json: invalid INT8 debug result"):
+        int8_debug_lines([broken])

@@ -13,12 +13,20 @@ no longer says which module a node belongs to.
 the simplified model, as a node ``metadata_props`` entry :data:`NODE_SCOPE_KEY` (visible in Netron) and as
 one JSON map in the model's ``metadata_props`` under :data:`MODEL_SCOPES_KEY`. ModelOpt's INT8 quantization
 keeps node names, so the map of the FP32 model also names the modules of the INT8 model's nodes.
+
+The ops of the top-level module's own ``forward`` (PanopticFCN's candidate selection, kernel fusion and
+maskness algebra: 319 of the demo's 752 nodes) have no module below the model, so the exporter's scope says
+only ``(PanopticFCN)``. :func:`module_scopes` names them by where they sit in the data flow instead, which
+the graph states exactly: the modules whose outputs they compute on and the graph outputs they feed, e.g.
+``PanopticFCN.forward: kernel_head, position_head -> stuff_probs`` (the stuff kernels' per-level
+averaging).
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -29,6 +37,8 @@ NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 CLASS_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
 NODE_SCOPE_KEY = "panoptic_deploy.module"
 MODEL_SCOPES_KEY = "panoptic_deploy.module_scopes"
+# The scope of an op of the top-level module's own forward: "(ClassName)" (node_scope's form).
+_TOP_LEVEL = re.compile(r"\((\w+)\)")
 
 
 def _literal_list(text: str) -> list[str] | None:
@@ -80,7 +90,70 @@ def module_scopes(model: onnx.ModelProto) -> dict[str, str]:
             scope = node_scope(node)
             if scope is not None:
                 scopes[node.name] = scope
-    return scopes
+    return _label_top_level(model, scopes)
+
+
+def _label_top_level(model: onnx.ModelProto, scopes: dict[str, str]) -> dict[str, str]:
+    """Replace every ``"(Cls)"`` scope (an op of the top-level forward) by ``"Cls.forward: <modules it
+    computes on> -> <graph outputs it feeds>"``: the nearest ancestors with a module scope (their top-level
+    module names) and the graph outputs reachable from the node, both in graph order."""
+    nodes = list(model.graph.node)
+    if not any(_TOP_LEVEL.fullmatch(scopes.get(n.name, "")) for n in nodes):
+        return scopes
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    outputs = [o.name for o in model.graph.output]
+    # Forward pass (graph order is topological): the modules each top-level node's values come from.
+    sources: list[dict[str, None]] = [{} for _ in nodes]
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            j = producer.get(name)
+            if j is None:
+                continue
+            up = scopes.get(nodes[j].name, "")
+            if up and not _TOP_LEVEL.fullmatch(up):
+                sources[i][up.partition(" (")[0].split(".")[0]] = None
+            else:
+                sources[i].update(sources[j])
+    # Backward pass: the graph outputs each node feeds.
+    feeds: list[set[str]] = [set() for _ in nodes]
+    for i in range(len(nodes) - 1, -1, -1):
+        for name in nodes[i].output:
+            if name in outputs:
+                feeds[i].add(name)
+        for name in nodes[i].input:
+            j = producer.get(name)
+            if j is not None:
+                feeds[j] |= feeds[i]
+    first_seen: dict[str, int] = {}  # module -> index of its first node: sources in graph order
+    for i, node in enumerate(nodes):
+        module = scopes.get(node.name, "").partition(" (")[0].split(".")[0]
+        first_seen.setdefault(module, i)
+    labelled = dict(scopes)
+    for i, node in enumerate(nodes):
+        top = _TOP_LEVEL.fullmatch(scopes.get(node.name, ""))
+        if top is None:
+            continue
+        came = ", ".join(sorted(sources[i], key=lambda m: first_seen.get(m, 0)))
+        fed = _outputs_label([o for o in outputs if o in feeds[i]], outputs)
+        labelled[node.name] = f"{top.group(1)}.forward: {came + ' ' if came else ''}-> {fed}"
+    return labelled
+
+
+def _outputs_label(fed: list[str], outputs: list[str]) -> str:
+    """``fed`` (graph outputs, in order) with every complete family written once: all four ``inst_…``
+    outputs of PanopticFCN as ``inst_*``."""
+    if not fed:
+        return "no output"
+    parts: list[str] = []
+    for name in fed:
+        family = name.split("_", 1)[0] + "_"
+        members = [o for o in outputs if o.startswith(family)]
+        if "_" in name and len(members) > 1 and all(m in fed for m in members):
+            if f"{family}*" not in parts:
+                parts.append(f"{family}*")
+        else:
+            parts.append(name)
+    return ", ".join(parts)
 
 
 def carry_module_scopes(source: onnx.ModelProto, target: onnx.ModelProto) -> int:

@@ -38,6 +38,7 @@ rule report:
         bench=PLAN.bench_files(),
         trtexec=PLAN.trtexec_files(),
         verdict="results/verdict.json",
+        int8_debug=INT8_DEBUG_FILES,
     output:
         # report(): also in `snakemake --report report.html`, with the captions of workflow/report/.
         report=report("results/report.md", caption="../report/report_md.rst", category="Report"),

@@ -22,5 +22,6 @@ summary = write_report(
     example_image=snakemake.params.example_image,
     trtexec_files=snakemake.input.trtexec,
     verdict=read_verdict(snakemake.input.verdict),
+    int8_debug_files=snakemake.input.int8_debug,
 )
 print(summary)

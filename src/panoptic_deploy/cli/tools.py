@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from panoptic_deploy.cli.common import add_categories, add_int8_exclusions, add_opts, check_output
-from panoptic_deploy.defaults import config_schema
+from panoptic_deploy.defaults import config_schema, schema_default
 
 if TYPE_CHECKING:
     from panoptic_deploy.cli.common import Subparsers
@@ -193,18 +193,21 @@ def _cmd_int8_debug(args: argparse.Namespace) -> int:
     from panoptic_deploy.int8_search import panoptic_fidelity_evaluator, sensitivity_search
     from panoptic_deploy.precision import calibration_batches
 
-    if args.max_nodes > 0 and args.reference is None:
-        sys.exit("int8-debug: the sensitivity search needs --reference (or pass --max-nodes 0)")
+    if args.max_evaluations > 0 and args.reference is None:
+        sys.exit("int8-debug: the sensitivity search needs --reference (or pass --max-evaluations 0)")
     check_output("--output", args.output, [args.fp32, args.int8, args.cache, args.reference, args.config])
     images = args.images[: args.count]
     batches = calibration_batches(args.config, images, onnx_input_hw(args.fp32), args.opts)
     result = debug_int8(args.fp32, args.int8, batches, threads=args.threads)
     print("\n".join(result.worst_lines(args.top)))
-    if args.max_nodes > 0:
-        evaluate = panoptic_fidelity_evaluator(args.reference, args.config, args.opts, args.threads)
+    if args.max_evaluations > 0:
+        evaluate = panoptic_fidelity_evaluator(
+            args.reference, args.config, args.opts, args.threads, args.search_images
+        )
         search = sensitivity_search(
-            args.fp32, args.cache, result, evaluate, args.budget, max_nodes=args.max_nodes,
-            max_steps=args.max_steps, exclude_op_types=args.exclude_op_type, exclude_nodes=args.exclude_node,
+            args.fp32, args.cache, args.int8, evaluate, args.budget, max_nodes=args.max_nodes,
+            max_evaluations=args.max_evaluations, exclude_op_types=args.exclude_op_type,
+            exclude_nodes=args.exclude_node,
         )  # fmt: skip
         result = replace(result, search=search)
         print(f"PQ points lost vs torch FP32: {search.initial_loss:.2f} -> {search.final_loss:.2f} "
@@ -235,8 +238,17 @@ def _add_int8_debug(sub: Subparsers) -> None:
     budget = int8_gate["properties"]["max_pq_drop"]["default"]
     p.add_argument("--budget", type=float, default=budget,
                    help=f"PQ points lost vs torch FP32 the search stops at (default {budget})")  # fmt: skip
-    p.add_argument("--max-nodes", type=int, default=8, help="nodes the search may exclude; 0: no search")
-    p.add_argument("--max-steps", type=int, default=None, help="tensors to try (default 2 x --max-nodes)")
+    p.add_argument("--max-nodes", type=int, default=None,
+                   help="nodes the search may exclude (default: half the quantized nodes)")  # fmt: skip
+    evaluations = schema_default("int8", "search_evaluations")
+    p.add_argument(
+        "--max-evaluations",
+        type=int,
+        default=evaluations,
+        help="model evaluations the search may spend (0: no search; default %(default)s)",
+    )
+    p.add_argument("--search-images", type=int, default=None,
+                   help="reference images each search evaluation runs on (default: all)")  # fmt: skip
     add_int8_exclusions(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     add_opts(p)

@@ -31,6 +31,7 @@ from panoptic_deploy.gates import (
     verdict_markdown,
     write_verdict,
 )
+from panoptic_deploy.report.int8_section import int8_debug_lines
 from panoptic_deploy.report.plots import (
     PLOT_ACCURACY_SPEED,
     PLOT_LATENCY,
@@ -105,6 +106,7 @@ def write_report(
     example_image: str | None = None,
     trtexec_files: Sequence[PathLike] = (),
     verdict: Verdict | None = None,
+    int8_debug_files: Sequence[PathLike] = (),
 ) -> ReportSummary:
     """Write the Markdown report ``output`` and its PNG plots into ``plots_dir`` (default: a folder named like
     ``output`` without suffix, e.g. ``results/report/`` for ``results/report.md``).
@@ -115,7 +117,8 @@ def write_report(
     first). ``trtexec_files``: trtexec cross-checks (:mod:`panoptic_deploy.engines.trtexec`), set beside the
     benchmark row that ran the same engine file. ``verdict``: the release gates' verdict, the report's opening
     section; with one, a report without any result is still written (every row failed or did not run), and
-    without plots.
+    without plots. ``int8_debug_files``: ``results/int8_debug/<model>.json``
+    (rule ``int8_debug``), one section after the results.
     """
     output = Path(output)
     plots = Path(plots_dir) if plots_dir is not None else output.with_suffix("")
@@ -148,6 +151,7 @@ def write_report(
             examples[model] = (path, plot_panoptic(model_rows, files.path(path), chosen))
             written.append(path)
         text = _report_text(rows, models, checks, skipped_list, examples, output, plots, verdict)
+        text += "\n" + "\n".join(int8_debug_lines(int8_debug_files)) if int8_debug_files else ""
         files.path(output).write_text(text, encoding="utf-8")
     return ReportSummary(str(output), tuple(str(p) for p in written), len(rows), len(skipped_list))
 
