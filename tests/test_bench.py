@@ -14,7 +14,7 @@ import torch
 
 import pipeline_artifacts as pa
 from panoptic_deploy.bench.reference import read_reference
-from panoptic_deploy.bench.results import LatencyStats, read_bench, rle_decode, rle_encode
+from panoptic_deploy.bench.results import read_bench, rle_decode, rle_encode
 from panoptic_deploy.bench.run import BenchSpec, run_bench
 from panoptic_deploy.bench.runners import combo_support
 from panoptic_deploy.compare import as_numpy_outputs
@@ -22,6 +22,7 @@ from panoptic_deploy.engines.sidecar import read_sidecar, sidecar_path
 from panoptic_deploy.errors import BenchError
 from panoptic_deploy.export import prepare_verify_inputs
 from panoptic_deploy.modeling import OUTPUT_NAMES
+from panoptic_deploy.timing import TimingError, timing_stats
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +103,20 @@ def test_torch_bench_is_schema_valid_and_exact_against_its_reference(art: pa.Art
         "cpu",
     )
     assert result.settings.iterations == 4 and result.settings.warmup == 1 and result.settings.threads == 2
-    assert result.latency.network.count == 4
+    # min_seconds 0: the count alone ends the timed phase, after exactly 4 runs.
+    assert result.latency.network.count == 4 and result.settings.min_seconds == 0.0
+    assert result.settings.stopped_by == "min_iterations+min_seconds"
     for stats in (result.latency.network, result.latency.preprocess, result.latency.postprocess):
-        assert 0 < stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
+        assert stats.count == 4 and 0 < stats.min_ms <= stats.p50_ms <= stats.max_ms
+        assert stats.p90_ms is None and stats.p99_ms is None  # 4 runs: too few for either percentile
+        assert stats.cov is not None and stats.stdev_ms is not None
+        assert stats.cov == pytest.approx(stats.stdev_ms / stats.mean_ms, rel=1e-12)
+        assert stats.unstable == (stats.cov > stats.cov_threshold)
+    assert result.latency.network.cov_threshold == 0.05  # the schema's default
+    # What affects timings, probed at the start: this machine's CPU and load average.
+    timing_env = result.environment.timing
+    assert timing_env.cpu_model == result.environment.cpu_name
+    assert timing_env.load_average is not None and len(timing_env.load_average) == 3
     assert result.latency.end_to_end.mean_ms == pytest.approx(
         result.latency.network.mean_ms
         + result.latency.preprocess.mean_ms
@@ -215,8 +227,13 @@ def test_ground_truth_pq(art: pa.Artifacts, tmp_path: Path) -> None:
     write_panoptic_json(tmp_path / "gt.json", annotations, COCO_CATEGORIES)
     result = run_bench(BenchSpec(
         "torch", "fp32", config=pa.CONFIG, opts=pa.OPTS, reference=art.reference, weights=art.weights,
-        device="cpu", warmup=0, iterations=1, threads=2, gt_json=tmp_path / "gt.json", gt_dir=tmp_path / "gt",
+        device="cpu", warmup=0, iterations=1, min_seconds=0.4, threads=2, gt_json=tmp_path / "gt.json",
+        gt_dir=tmp_path / "gt",
     ))  # fmt: skip
+    # Count and time: one run would do, but the timed phase lasts at least 0.4 s.
+    assert result.settings.timed_seconds >= 0.4 and result.settings.stopped_by == "min_iterations+min_seconds"
+    net = result.latency.network
+    assert net.count >= 1 and net.count * net.min_ms <= 1000 * result.settings.timed_seconds
     gt = result.ground_truth
     assert gt is not None and gt.num_images == 3
     assert (gt.all.pq, gt.all.sq, gt.all.rq) == (1.0, 1.0, 1.0)
@@ -234,12 +251,15 @@ def test_ground_truth_pq(art: pa.Artifacts, tmp_path: Path) -> None:
 
 
 def test_latency_statistics_by_hand() -> None:
-    stats = LatencyStats.from_samples([4.0, 1.0, 3.0, 2.0])
+    stats = timing_stats([4.0, 1.0, 3.0, 2.0], 0.5)
     assert (stats.mean_ms, stats.p50_ms, stats.min_ms, stats.max_ms, stats.count) == (2.5, 2.5, 1.0, 4.0, 4)
-    # linear interpolation: position 0.9 * 3 = 2.7 -> 3 + 0.7; 0.99 * 3 = 2.97 -> 3.97
-    assert stats.p90_ms == pytest.approx(3.7) and stats.p99_ms == pytest.approx(3.97)
-    with pytest.raises(BenchError):
-        LatencyStats.from_samples([])
+    # sample stdev of 1, 2, 3, 4: sqrt(5 / 3); CoV = that / 2.5 = 0.5164 > 0.5: flagged
+    stdev = (5 / 3) ** 0.5
+    assert stats.stdev_ms == pytest.approx(stdev) and stats.cov == pytest.approx(stdev / 2.5)
+    assert stats.unstable and not timing_stats([4.0, 1.0, 3.0, 2.0], 0.52).unstable
+    assert stats.p90_ms is None and stats.p99_ms is None  # 4 samples: no percentile above the median
+    with pytest.raises(TimingError, match="no samples"):
+        timing_stats([])
 
 
 def test_run_length_round_trip() -> None:
@@ -296,6 +316,11 @@ def test_compile_falls_back_to_the_heads_when_the_whole_network_fails(
     network.fn = lambda x: (_ for _ in ()).throw(CodegenError("again"))
     with pytest.raises(CodegenError, match="again"):
         network(x)
+
+
+def test_bad_timing_policy_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match=r"^timing: min_seconds must be >= 0, got -1"):
+        run_bench(BenchSpec("torch", "fp32", "no.yaml", tmp_path / "none.npz", min_seconds=-1))
 
 
 def test_unknown_compile_mode_is_refused_before_any_work(tmp_path: Path) -> None:

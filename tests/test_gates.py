@@ -21,7 +21,6 @@ from panoptic_deploy.bench.results import (
     GroundTruthPQ,
     ImagePanoptic,
     Latency,
-    LatencyStats,
     Memory,
     PQSummary,
     write_bench,
@@ -42,14 +41,15 @@ from panoptic_deploy.gates import (
     write_verdict,
 )
 from panoptic_deploy.modeling import OUTPUT_NAMES
+from panoptic_deploy.timing import TimingStats, timing_stats
 
 MODEL = "demo_64x96"
 ENV = capture_environment()
 TENSORS = {name: OutputError(name, "discrete", 10, mismatches=0) for name in OUTPUT_NAMES}
 
 
-def _stats(p50: float) -> LatencyStats:
-    return LatencyStats(p50, p50, p50 * 1.1, p50 * 1.2, p50 * 0.9, p50 * 1.3, 4)
+def _stats(p50: float) -> TimingStats:
+    return timing_stats([p50] * 4)
 
 
 def _result(

@@ -36,7 +36,7 @@ TINY_CONFIG: dict[str, Any] = {
     "evaluation": {"images": "images/eval"},
     "calibration": {"images": "images/calibration", "method": "minmax"},
     "backends": ["onnxruntime"],
-    "bench": {"warmup": 0, "iterations": 1, "threads": 1},
+    "bench": {"warmup": 0, "iterations": 1, "min_seconds": 0, "threads": 1},
 }
 RUN_TIMEOUT_S = 1800
 PARSE_TIMEOUT_S = 300

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from panoptic_deploy.cli.common import add_categories, add_int8_exclusions, add_opts, check_output, input_hw
 from panoptic_deploy.defaults import schema_default
+from panoptic_deploy.timing import TimingPolicy, format_cov, format_ms
 from panoptic_deploy.vocab import (
     BENCH_BACKENDS,
     CALIBRATION_METHODS,
@@ -304,6 +305,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         warmup=args.warmup,
         iterations=args.iterations,
+        min_seconds=args.min_seconds,
+        cov_threshold=args.cov_threshold,
         threads=args.threads,
         gt_json=args.gt_json,
         gt_dir=args.gt_dir,
@@ -316,10 +319,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     pan = result.accuracy.panoptic
     print(
         f"{result.model} {result.backend} {result.precision} on {result.device_name}: network p50 "
-        f"{net.p50_ms:.1f} ms (p90 {net.p90_ms:.1f}, p99 {net.p99_ms:.1f}), "
-        f"{result.throughput_ips:.2f} img/s; "
+        f"{net.p50_ms:.1f} ms (p90 {format_ms(net.p90_ms)}, p99 {format_ms(net.p99_ms)}, "
+        f"CoV {format_cov(net.cov)} over {net.count} runs), {result.throughput_ips:.2f} img/s; "
         f"PQ vs torch FP32 {100 * pan.pq:.2f}, pixel agreement {100 * pan.pixel_agreement:.2f}%"
     )
+    note = net.note()
+    if note:
+        print(f"warning: {note}")
     if args.output:
         print(f"wrote {args.output}")
     return 0
@@ -337,9 +343,27 @@ def _add_bench(sub: Subparsers) -> None:
     p.add_argument("--sidecar", default=None, help="engine sidecar (default: ENGINE.json)")
     p.add_argument("--model", default=None, help="model name (default: the reference's)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda where it applies")
-    warmup, iterations = schema_default("bench", "warmup"), schema_default("bench", "iterations")
+    policy = TimingPolicy()  # the workflow config schema's bench defaults
+    warmup = policy.warmup
     p.add_argument("--warmup", type=int, default=warmup, help=f"untimed runs (default {warmup})")
-    p.add_argument("--iterations", type=int, default=iterations, help=f"timed runs (default {iterations})")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=policy.min_iterations,
+        help=f"minimum timed runs (default {policy.min_iterations}), with --min-seconds",
+    )
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=policy.min_seconds,
+        help=f"minimum seconds of timed runs (default {policy.min_seconds:g})",
+    )
+    p.add_argument(
+        "--cov-threshold",
+        type=float,
+        default=policy.cov_threshold,
+        help=f"flag the row as unstable above this network latency CoV (default {policy.cov_threshold:g})",
+    )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (torch and ONNX Runtime)")
     p.add_argument("--gt-json", default=None, help="COCO panoptic ground-truth JSON (optional)")
     p.add_argument("--gt-dir", default=None, help="folder of ground-truth PNGs (with --gt-json)")
