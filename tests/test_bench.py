@@ -131,8 +131,11 @@ def test_torch_bench_is_schema_valid_and_exact_against_its_reference(art: pa.Art
     assert acc.panoptic.n > 0 and acc.panoptic.pq == 1.0
     ref = read_reference(art.reference)  # type: ignore[arg-type]
     assert acc.reference_sha256 == ref.sha256
-    for mine, theirs in zip(result.panoptic, ref.images, strict=True):
-        np.testing.assert_array_equal(mine.panoptic_seg, theirs.panoptic.panoptic_seg)
+    # The file carries the example image's map only (the first by default), and the tensor errors are over the
+    # reference's fidelity subset (the schema's 4 >= these 3 images: all of them).
+    assert [p.name for p in result.panoptic] == ["coffee"] and acc.tensor_images == 3
+    np.testing.assert_array_equal(result.panoptic[0].panoptic_seg, ref.images[0].panoptic.panoptic_seg)
+    assert result.panoptic[0].segments == ref.images[0].panoptic.segments
     assert result.engine is None and result.ground_truth is None
     assert result.memory.peak_rss_mb >= result.memory.baseline_rss_mb > 0
     assert result.environment.versions["torch"] == torch.__version__
@@ -328,3 +331,95 @@ def test_unknown_compile_mode_is_refused_before_any_work(tmp_path: Path) -> None
         run_bench(BenchSpec(
             "torch_compile", "fp32", config="no.yaml", reference=tmp_path / "none.npz", compile_mode="fast"
         ))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Storage that scales: raw outputs of a fidelity subset, panoptic maps as COCO panoptic PNG + JSON
+
+
+def _random_panoptic(rng: np.random.Generator, name: str) -> Any:
+    from panoptic_deploy.bench.results import ImagePanoptic
+    from panoptic_deploy.categories import COCO
+
+    height, width = (int(v) for v in rng.integers(5, 40, 2))
+    ids = rng.choice(rng.integers(1, 2**24 - 1, 6), (height, width)).astype(np.int32)
+    ids[rng.random((height, width)) < 0.2] = 0  # void
+    segments = []
+    for seg_id in sorted(set(np.unique(ids).tolist()) - {0}):
+        isthing = bool(rng.integers(0, 2))
+        category = int(rng.integers(0, 80 if isthing else 53))
+        dataset_id = COCO.dataset_id(category, isthing)
+        segments.append({
+            "id": seg_id, "category_id": category, "dataset_category_id": dataset_id,
+            "coco_category_id": dataset_id, "isthing": isthing,
+            "score": float(rng.random()) if isthing else None, "area": int((ids == seg_id).sum()),
+            "instance_id": int(rng.integers(0, 100)) if isthing else None,
+        })  # fmt: skip
+    return ImagePanoptic(name, ids, tuple(segments))
+
+
+def test_panoptic_set_round_trips_exactly_and_is_coco_panoptic(tmp_path: Path) -> None:
+    from panoptic_deploy.bench.panoptic_store import read_panoptic_set, write_panoptic_set
+    from panoptic_deploy.categories import COCO
+    from panoptic_deploy.panoptic_format import load_panoptic_json, read_panoptic_png
+
+    rng = np.random.default_rng()
+    images = [_random_panoptic(rng, f"im{k}") for k in range(int(rng.integers(2, 5)))]
+    path = write_panoptic_set(tmp_path / "set", images, COCO)
+    back = read_panoptic_set(tmp_path / "set")
+    assert [b.name for b in back] == [i.name for i in images]
+    for mine, theirs in zip(back, images, strict=True):
+        np.testing.assert_array_equal(mine.panoptic_seg, theirs.panoptic_seg)
+        assert mine.panoptic_seg.dtype == np.int32 and mine.segments == theirs.segments
+    # A COCO panoptic dataset in its own right: dataset ids, pixel areas, PNG ids.
+    coco = load_panoptic_json(path, require_categories=True)
+    for ann, image in zip(coco.annotations, images, strict=True):
+        assert [(s.id, s.category_id, s.area) for s in ann.segments_info] == [
+            (s["id"], s["dataset_category_id"], s["area"]) for s in image.segments
+        ]
+        np.testing.assert_array_equal(read_panoptic_png(tmp_path / "set" / ann.file_name), image.panoptic_seg)
+    # Named images, in the order asked; a missing one or an incomplete set is named.
+    names = [images[-1].name, images[0].name]
+    assert [b.name for b in read_panoptic_set(tmp_path / "set", names)] == names
+    with pytest.raises(BenchError, match=r"panoptic\.json: no panoptic map of image 'nope'"):
+        read_panoptic_set(tmp_path / "set", ["nope"])
+    path.unlink()
+    with pytest.raises(BenchError, match=r"set: panoptic maps incomplete or missing \(no panoptic\.json\)"):
+        read_panoptic_set(tmp_path / "set")
+
+
+def test_fidelity_subset_keeps_pq_exactly_and_the_bench_file_small(art: pa.Artifacts, tmp_path: Path) -> None:
+    """Raw outputs of the first image only: the PQ against torch FP32 is over every image and equals the
+    full reference's to the last bit; the tensor errors are over the subset."""
+    from panoptic_deploy.bench.panoptic_store import read_panoptic_set
+    from panoptic_deploy.bench.reference import reference_panoptic_dir, write_reference
+
+    assert art.reference is not None and art.bench_torch is not None
+    small = tmp_path / "small.npz"
+    ref = write_reference(pa.CONFIG, art.weights, art.images, small, pa.INPUT_HW, pa.OPTS, fidelity_images=1)
+    assert [r.outputs is not None for r in ref.images] == [True, False, False]
+    full = read_reference(art.reference)
+    for name in OUTPUT_NAMES:
+        np.testing.assert_array_equal(ref.images[0].outputs[name], full.images[0].outputs[name])  # type: ignore[index]
+    # 2 of 3 images' raw outputs gone: the .npz shrinks by about that much (the maps are PNGs beside it).
+    assert small.stat().st_size < 0.5 * Path(art.reference).stat().st_size
+    assert reference_panoptic_dir(small) == tmp_path / "small.panoptic"
+    for mine, theirs in zip(ref.images, full.images, strict=True):
+        np.testing.assert_array_equal(mine.panoptic.panoptic_seg, theirs.panoptic.panoptic_seg)
+        assert mine.panoptic.segments == theirs.panoptic.segments
+
+    result = run_bench(BenchSpec(
+        "torch", "fp32", config=pa.CONFIG, opts=pa.OPTS, reference=small, weights=art.weights, device="cpu",
+        warmup=0, iterations=1, min_seconds=0.0, threads=2, panoptic_dir=tmp_path / "maps",
+        example_image="rocket.png", output=tmp_path / "b.json",
+    ))  # fmt: skip
+    before = read_bench(art.bench_torch)
+    assert result.accuracy.panoptic == before.accuracy.panoptic  # same PQ, SQ, RQ, pixel agreement, images
+    assert result.accuracy.tensor_images == 1 and before.accuracy.tensor_images == 3
+    assert [p.name for p in result.panoptic] == ["rocket"]
+    maps = read_panoptic_set(tmp_path / "maps")
+    assert [m.name for m in maps] == ["coffee", "rocket", "chelsea"]
+    for mine, theirs in zip(maps, full.images, strict=True):  # torch FP32 = the reference, image by image
+        np.testing.assert_array_equal(mine.panoptic_seg, theirs.panoptic.panoptic_seg)
+    with pytest.raises(BenchError, match=r"example image 'nope\.png' is not among the evaluation images"):
+        run_bench(BenchSpec("torch", "fp32", pa.CONFIG, small, opts=pa.OPTS, example_image="nope.png"))

@@ -76,7 +76,7 @@ def _result(
         end_to_end_ips=1000.0 / (p50 + 2.0),
         memory=Memory(100.0, 200.0),
         accuracy=Accuracy(
-            "ref.npz", "0" * 64, TENSORS, 3, 3, 3, PanopticAgreement(fidelity_pq, 0.9, 0.95, n, 0.99, 1)
+            "ref.npz", "0" * 64, TENSORS, 3, 3, 3, PanopticAgreement(fidelity_pq, 0.9, 0.95, n, 0.99, 1), 1
         ),
         ground_truth=None if summary is None else GroundTruthPQ("gt.json", 1, summary, summary, summary),
         engine=None,

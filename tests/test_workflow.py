@@ -178,9 +178,13 @@ def tiny_outputs(ort_key: str) -> dict[str, set[str]]:
         f"{engines}/{m}.int8.onnx",
         f"{engines}/{m}.int8.onnx.json",
         f"results/bench/cpu/onnxruntime/{m}.int8.json",
+        f"results/bench/cpu/onnxruntime/{m}.int8.panoptic",
     }
-    bench = {f"results/bench/cpu/torch/{m}.fp32.json"} | {
-        f"results/bench/cpu/onnxruntime/{m}.{p}.json" for p in ("fp32", "fp16", "int8")
+    # Each benchmark: its JSON and the COCO panoptic set of every image beside it (a folder).
+    bench = {f"results/bench/cpu/torch/{m}.fp32{suffix}" for suffix in (".json", ".panoptic")} | {
+        f"results/bench/cpu/onnxruntime/{m}.{p}{suffix}"
+        for p in ("fp32", "fp16", "int8")
+        for suffix in (".json", ".panoptic")
     }
     other = {
         "results/weights/tiny.pth",
@@ -188,6 +192,7 @@ def tiny_outputs(ort_key: str) -> dict[str, set[str]]:
         f"results/onnx/{m}.sim.onnx",
         f"results/onnx/{m}.fp16.onnx",
         f"results/reference/{m}.npz",
+        f"results/reference/{m}.panoptic",
         *(f"{engines}/{m}.{p}.onnx{suffix}" for p in ("fp32", "fp16") for suffix in ("", ".json")),
     }
     return {"report": report, "int8": int8, "bench": bench, "other": other}
@@ -219,7 +224,10 @@ def ort_key(tiny_run: Path) -> str:
 
 def test_full_run_produces_every_artifact(tiny_run: Path, ort_key: str) -> None:
     expected = set().union(*tiny_outputs(ort_key).values())
-    missing = sorted(p for p in expected if not (tiny_run / p).is_file())
+    # A file, or a folder of panoptic maps that is complete (its panoptic.json is written last).
+    missing = sorted(
+        p for p in expected if not ((tiny_run / p).is_file() or (tiny_run / p / "panoptic.json").is_file())
+    )
     assert not missing
     # Every rule wrote its log and its benchmark (per-job wall time and memory) under results/.
     assert (tiny_run / f"results/logs/export_onnx/{TINY_MODEL}.log").is_file()

@@ -141,9 +141,9 @@ def write_reference_for_polygraphy(
     outputs_out: PathLike,
     opts: Sequence[str] = (),
 ) -> int:
-    """From the torch FP32 reference (``write_reference``'s .npz): the network input of each of its
-    images, prepared exactly as the benchmarks prepare them, to ``inputs_out``, and its recorded network
-    outputs to ``outputs_out``. Returns the number of images."""
+    """From the torch FP32 reference (``write_reference``'s .npz): the network input of each image whose raw
+    outputs it kept (its fidelity subset), prepared exactly as the benchmarks prepare them, to
+    ``inputs_out``, and those recorded network outputs to ``outputs_out``. Returns the number of images."""
     from panoptic_deploy.bench.reference import read_reference
     from panoptic_deploy.modeling import INPUT_NAME, OUTPUT_NAMES
     from panoptic_deploy.preprocess import prepare_at_size
@@ -154,8 +154,10 @@ def write_reference_for_polygraphy(
     spec.check_categories(ref.categories)
     input_params = spec.input_params
     hw = ref.input_shape[2:]
-    feeds = [{INPUT_NAME: prepare_at_size(im.path, input_params, hw).tensor.numpy()} for im in ref.images]
-    outputs = [{name: im.outputs[name] for name in OUTPUT_NAMES} for im in ref.images]
+    # The images whose raw outputs the reference kept (its fidelity subset, evaluation.fidelity_images).
+    kept = [(im, im.outputs) for im in ref.images if im.outputs is not None]
+    feeds = [{INPUT_NAME: prepare_at_size(im.path, input_params, hw).tensor.numpy()} for im, _ in kept]
+    outputs = [{name: raw[name] for name in OUTPUT_NAMES} for _, raw in kept]
     write_polygraphy_inputs(inputs_out, feeds)
     write_polygraphy_outputs(outputs_out, outputs)
     return len(feeds)

@@ -6,7 +6,10 @@ rule reference_outputs:
     input:
         unpack(reference_inputs),
     output:
-        "results/reference/{model}.npz",
+        # the .npz (raw outputs of the fidelity subset) names the job; the panoptic maps of every image are
+        # a COCO panoptic set beside it (bench.reference.reference_panoptic_dir)
+        reference="results/reference/{model}.npz",
+        panoptic=directory("results/reference/{model}.panoptic"),
     log:
         "results/logs/reference_outputs/{model}.log",
     benchmark:
@@ -20,6 +23,7 @@ rule reference_outputs:
         opts=model_opts,
         input_hw=input_hw,
         categories=model_categories,
+        fidelity_images=config["evaluation"]["fidelity_images"],
         version=PACKAGE_VERSION,
     script:
         "../scripts/reference_outputs.py"

@@ -26,7 +26,9 @@ spec = BenchSpec(
     snakemake.wildcards.precision,
     config=snakemake.params.config,
     reference=snakemake.input.reference,
-    output=snakemake.output[0],
+    output=snakemake.output.bench,
+    panoptic_dir=snakemake.output.panoptic,
+    example_image=snakemake.params.example_image,
     images=snakemake.input.images,
     weights=snakemake.input.get("weights"),
     engine=snakemake.input.get("engine"),
@@ -47,7 +49,7 @@ spec = BenchSpec(
 result = run_bench(spec)
 net = result.latency.network
 print(
-    f"wrote {snakemake.output[0]}: network p50 {net.p50_ms:.1f} ms over {net.count} runs "
+    f"wrote {snakemake.output.bench}: network p50 {net.p50_ms:.1f} ms over {net.count} runs "
     f"(CoV {net.cov if net.cov is None else round(100 * net.cov, 1)} %), "
     f"PQ vs torch FP32 {100 * result.accuracy.panoptic.pq:.2f}"
 )

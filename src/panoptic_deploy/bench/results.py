@@ -31,7 +31,8 @@ from panoptic_deploy.jsonfiles import (
 )
 from panoptic_deploy.timing import TimingEnvironment, TimingStats
 
-BENCH_SCHEMA_VERSION = 2  # 2: stable timings (count and time, CoV, percentiles from enough runs)
+BENCH_SCHEMA_VERSION = 3  # 2: stable timings (count and time, CoV, percentiles from enough runs); 3: the
+# example image's panoptic map only, accuracy.tensor_images
 
 
 def rle_encode(id_map: NDArray[Any]) -> str:
@@ -188,7 +189,10 @@ class Accuracy:
     instances_reference: int = field(metadata=json_meta(key=("instances", "reference")))
     instances_backend: int = field(metadata=json_meta(key=("instances", "backend")))
     instances_matched: int = field(metadata=json_meta(key=("instances", "matched")))
-    panoptic: PanopticAgreement
+    panoptic: PanopticAgreement  # over every evaluation image
+    # how many images the tensor errors and instances are over: the reference's fidelity subset (the first
+    # evaluation.fidelity_images images, whose raw outputs it kept)
+    tensor_images: int
 
     @property
     def max_abs_error(self) -> float | None:
@@ -253,7 +257,8 @@ class BenchResult:
     ground_truth: GroundTruthPQ | None
     engine: EngineInfo | None
     environment: Environment
-    # this backend's result for every evaluation image
+    # this backend's result for the example image only (the report draws it; every image's result goes to
+    # a COCO panoptic set, bench.panoptic_store, when asked)
     panoptic: tuple[ImagePanoptic, ...] = field(
         metadata=json_meta(encode=_panoptic_to_json, decode=_panoptic_from_json)
     )

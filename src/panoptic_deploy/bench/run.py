@@ -23,6 +23,7 @@ import torch
 
 from panoptic_deploy.bench.accuracy import ground_truth_pq
 from panoptic_deploy.bench.environment import capture_environment
+from panoptic_deploy.bench.panoptic_store import write_panoptic_set
 from panoptic_deploy.bench.reference import Reference, image_names, read_reference
 from panoptic_deploy.bench.results import (
     Accuracy,
@@ -76,7 +77,10 @@ class BenchSpec:
     ``compile_mode`` (torch_compile): one of :data:`~panoptic_deploy.vocab.COMPILE_MODES`. ``warmup``,
     ``iterations`` (the minimum count of timed runs), ``min_seconds`` and ``cov_threshold`` default to the
     workflow config schema's ``bench`` defaults (:class:`~panoptic_deploy.timing.TimingPolicy`'s);
-    ``max_seconds`` caps the timed phase (None: no cap).
+    ``max_seconds`` caps the timed phase (None: no cap). ``panoptic_dir``: write every image's panoptic
+    result there as COCO panoptic PNG + JSON (:mod:`~panoptic_deploy.bench.panoptic_store`); the result (and
+    its JSON) carries only ``example_image``'s (file name or stem; default the first image), the one the
+    report draws.
     """
 
     backend: str
@@ -102,6 +106,8 @@ class BenchSpec:
     cuda_graph: bool = False
     allow_tf32: bool | None = None
     compile_mode: str = "default"
+    panoptic_dir: PathLike | None = None
+    example_image: str | None = None
 
     @property
     def timing(self) -> TimingPolicy:
@@ -249,6 +255,7 @@ def run_bench(spec: BenchSpec) -> BenchResult:
     device = _checked_device(spec)
     ref = read_reference(spec.reference)
     images = _evaluation_images(spec, ref)
+    _example_index([r.name for r in ref.images], spec.example_image)  # a bad name fails before any work
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     categories = ref.categories
@@ -280,7 +287,8 @@ def run_bench(spec: BenchSpec) -> BenchResult:
         results: list[ImagePanoptic] = []
         for k, ref_image in enumerate(ref.images):
             run = pipeline(k)
-            acc.add(as_numpy_outputs(run.outputs), ref_image.outputs)
+            if ref_image.outputs is not None:  # the reference's fidelity subset kept raw outputs
+                acc.add(as_numpy_outputs(run.outputs), ref_image.outputs)
             results.append(
                 ImagePanoptic(
                     ref_image.name,
@@ -294,6 +302,8 @@ def run_bench(spec: BenchSpec) -> BenchResult:
         latency, timed = _timed_runs(pipeline, spec.timing, len(images))
         measured = _Measured(results, acc, latency, timed, compile_seconds, baseline_rss, probed)
         result = _result(spec, device, ref, images, runner, measured)
+        if spec.panoptic_dir is not None:
+            write_panoptic_set(spec.panoptic_dir, results, categories)
         if spec.output is not None:
             write_bench(result, spec.output)
         return result
@@ -363,6 +373,7 @@ def _result(
             reference=Path(spec.reference).name,
             reference_sha256=ref.sha256,
             tensors=acc.result(),
+            tensor_images=sum(1 for r in ref.images if r.outputs is not None),
             instances_reference=acc.instances_ref,
             instances_backend=acc.instances_test,
             instances_matched=acc.instances_matched,
@@ -371,11 +382,22 @@ def _result(
         ground_truth=ground_truth,
         engine=runner.engine,
         environment=env,
-        panoptic=tuple(results),
+        panoptic=(results[_example_index(ref_names, spec.example_image)],),
         notes=tuple(runner.notes),
         created=utc_now(),
         categories=categories,
     )
+
+
+def _example_index(names: Sequence[str], example_image: str | None) -> int:
+    """Which image's panoptic result the benchmark file carries: ``example_image``'s (file name or stem),
+    else the first."""
+    if example_image is None:
+        return 0
+    stem = Path(example_image).stem
+    if stem not in names:
+        raise BenchError(f"example image '{example_image}' is not among the evaluation images {list(names)}")
+    return list(names).index(stem)
 
 
 def _as_mapping(outputs: Any) -> Mapping[str, Any]:

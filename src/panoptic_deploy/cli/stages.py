@@ -247,7 +247,7 @@ def _add_engine(sub: Subparsers) -> None:
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
-    from panoptic_deploy.bench.reference import write_reference
+    from panoptic_deploy.bench.reference import reference_panoptic_dir, write_reference
     from panoptic_deploy.categories import load_category_set
 
     check_output("--output", args.output, [args.config, args.weights, args.categories, *args.images])
@@ -261,9 +261,12 @@ def _cmd_reference(args: argparse.Namespace) -> int:
         model_name=args.model,
         threads=args.threads,
         categories=load_category_set(args.categories),
+        fidelity_images=None if args.fidelity_images == 0 else args.fidelity_images,
     )
+    kept = sum(1 for image in reference.images if image.outputs is not None)
     print(
-        f"wrote {args.output}: torch FP32 reference of {reference.model} on {len(reference.images)} image(s)"
+        f"wrote {args.output}: torch FP32 reference of {reference.model} on {len(reference.images)} "
+        f"image(s), raw outputs of {kept}; panoptic maps in {reference_panoptic_dir(args.output)}"
     )
     return 0
 
@@ -277,6 +280,9 @@ def _add_reference(sub: Subparsers) -> None:
         "--input-hw", type=int, nargs=2, metavar=("H", "W"), help="network input (default: first image's)"
     )
     p.add_argument("--model", default=None, help="model name to record (default: the output file stem)")
+    fidelity = schema_default("evaluation", "fidelity_images")
+    p.add_argument("--fidelity-images", type=int, default=fidelity,
+                   help=f"raw outputs of the first N images only (default {fidelity}; 0: all)")  # fmt: skip
     add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     add_categories(p)
@@ -313,6 +319,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         cuda_graph=args.cuda_graph,
         compile_mode=args.compile_mode,
         allow_tf32=None if args.tf32 is None else args.tf32 == "on",
+        panoptic_dir=args.panoptic_dir,
+        example_image=args.example_image,
     )
     result = run_bench(spec)
     net = result.latency.network
@@ -338,6 +346,10 @@ def _add_bench(sub: Subparsers) -> None:
     p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
     p.add_argument("--reference", required=True, help="reference .npz from 'panoptic-deploy reference'")
     p.add_argument("--output", default=None, help="result JSON (validated against the schema)")
+    p.add_argument("--panoptic-dir", default=None,
+                   help="write every image's panoptic result there (COCO panoptic PNG + JSON)")  # fmt: skip
+    p.add_argument("--example-image", default=None,
+                   help="the image whose panoptic result the JSON carries (default: the first)")  # fmt: skip
     p.add_argument("--weights", default=None, help="checkpoint (torch backends)")
     p.add_argument("--engine", default=None, help="engine file (onnxruntime, tensorrt)")
     p.add_argument("--sidecar", default=None, help="engine sidecar (default: ENGINE.json)")

@@ -203,7 +203,10 @@ def _report_text(
         "## Per-output errors against torch FP32",
         "",
         "Float outputs: max / mean absolute error over the compared values (instance rows matched first). "
-        "Bool/int outputs: mismatches / compared.",
+        "Bool/int outputs: mismatches / compared. Over the first "
+        f"{', '.join(sorted({str(r.accuracy.tensor_images) for r in rows}))} evaluation image(s), whose raw "
+        "outputs the reference keeps (`evaluation.fidelity_images`); the PQ columns above are over every "
+        "image.",
         "",
     ]
     for group in groups:

@@ -150,9 +150,15 @@ def plot_panoptic(rows: Sequence[BenchResult], path: Path, example: str | None) 
     names = [p.name for p in first.panoptic]
     stem = Path(example).stem if example else names[0]
     if stem not in names:
-        raise BenchError(f"example image '{example}' is not among the evaluation images {names}")
+        raise BenchError(
+            f"example image '{example}' is not in the benchmark files (they carry {names}; "
+            "the benchmarks take report.example_image)"
+        )
     index = names.index(stem)
-    photo = _photo(first.settings.images[index], first.panoptic[index].panoptic_seg.shape)
+    # The benchmark file carries the example image's result only; its photo is the evaluation image of
+    # that name.
+    source = next((p for p in first.settings.images if Path(p).stem == stem), None)
+    photo = None if source is None else _photo(source, first.panoptic[index].panoptic_seg.shape)
     from panoptic_deploy.categories import COCO
 
     categories = first.categories or COCO

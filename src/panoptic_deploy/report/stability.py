@@ -66,6 +66,8 @@ class TimingComparison:
         out += [f"{name}: only in run A" for name in self.only_a]
         out += [f"{name}: only in run B" for name in self.only_b]
         held = [r for r in self.rows if not r.flagged]
+        if not held:
+            out.append("no row is unflagged in both runs: this check holds nothing (quiet the machine)")
         out.append(
             f"{len(held) - len(self.failures)} of {len(held)} unflagged row(s) agree within "
             f"{100 * self.tolerance:.0f} % in p50 ({len(self.rows) - len(held)} flagged row(s) not held)"
@@ -75,7 +77,8 @@ class TimingComparison:
 
 def bench_files(folder: PathLike) -> list[Path]:
     """Every benchmark JSON under ``folder`` (e.g. ``results/bench``); BenchError when there is none."""
-    files = sorted(Path(folder).rglob("*.json"))
+    # not the COCO panoptic sets beside each file (<name>.panoptic/panoptic.json)
+    files = sorted(p for p in Path(folder).rglob("*.json") if not p.parent.name.endswith(".panoptic"))
     if not files:
         raise BenchError(f"{folder}: no benchmark JSON files")
     return files
