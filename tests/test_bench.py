@@ -131,11 +131,11 @@ def test_torch_bench_is_schema_valid_and_exact_against_its_reference(art: pa.Art
     assert acc.panoptic.n > 0 and acc.panoptic.pq == 1.0
     ref = read_reference(art.reference)  # type: ignore[arg-type]
     assert acc.reference_sha256 == ref.sha256
-    # The file carries the example image's map only (the first by default), and the tensor errors are over the
+    # The file carries the example image's map only (asked for: rocket), and the tensor errors are over the
     # reference's fidelity subset (the schema's 4 >= these 3 images: all of them).
-    assert [p.name for p in result.panoptic] == ["coffee"] and acc.tensor_images == 3
-    np.testing.assert_array_equal(result.panoptic[0].panoptic_seg, ref.images[0].panoptic.panoptic_seg)
-    assert result.panoptic[0].segments == ref.images[0].panoptic.segments
+    assert [p.name for p in result.panoptic] == ["rocket"] and acc.tensor_images == 3
+    np.testing.assert_array_equal(result.panoptic[0].panoptic_seg, ref.images[1].panoptic.panoptic_seg)
+    assert result.panoptic[0].segments == ref.images[1].panoptic.segments
     assert result.engine is None and result.ground_truth is None
     assert result.memory.peak_rss_mb >= result.memory.baseline_rss_mb > 0
     assert result.environment.versions["torch"] == torch.__version__
