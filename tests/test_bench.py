@@ -347,7 +347,8 @@ def _random_panoptic(rng: np.random.Generator, name: str) -> Any:
     segments = []
     for seg_id in sorted(set(np.unique(ids).tolist()) - {0}):
         isthing = bool(rng.integers(0, 2))
-        category = int(rng.integers(0, 80 if isthing else 53))
+        # contiguous ids as the model writes them: things 0..79, stuff 1..53 (0 is the stuff head's "things")
+        category = int(rng.integers(0, 80)) if isthing else int(rng.integers(1, 54))
         dataset_id = COCO.dataset_id(category, isthing)
         segments.append({
             "id": seg_id, "category_id": category, "dataset_category_id": dataset_id,
