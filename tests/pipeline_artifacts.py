@@ -132,11 +132,13 @@ def benches(factory: pytest.TempPathFactory) -> Artifacts:
         art.bench_torch = art.root / "bench" / "torch" / f"{MODEL}.fp32.json"
         run_bench(BenchSpec(
             "torch", "fp32", config=CONFIG, opts=OPTS, reference=art.reference, output=art.bench_torch,
-            weights=art.weights, images=art.images, device="cpu", warmup=1, iterations=4, threads=2,
+            weights=art.weights, images=art.images, device="cpu", warmup=1, iterations=4, min_seconds=0.0,
+            threads=2, example_image="rocket.png",
         ))  # fmt: skip
         art.bench_ort = art.root / "bench" / "onnxruntime" / f"{MODEL}.fp32.json"
         run_bench(BenchSpec(
             "onnxruntime", "fp32", config=CONFIG, opts=OPTS, reference=art.reference, output=art.bench_ort,
-            engine=art.engine, images=art.images, warmup=1, iterations=4, threads=2,
+            engine=art.engine, images=art.images, warmup=1, iterations=4, min_seconds=0.0, threads=2,
+            example_image="rocket.png",
         ))  # fmt: skip
     return art

@@ -14,7 +14,7 @@ import torch
 
 import pipeline_artifacts as pa
 from panoptic_deploy.bench.reference import read_reference
-from panoptic_deploy.bench.results import LatencyStats, read_bench, rle_decode, rle_encode
+from panoptic_deploy.bench.results import read_bench, rle_decode, rle_encode
 from panoptic_deploy.bench.run import BenchSpec, run_bench
 from panoptic_deploy.bench.runners import combo_support
 from panoptic_deploy.compare import as_numpy_outputs
@@ -22,6 +22,7 @@ from panoptic_deploy.engines.sidecar import read_sidecar, sidecar_path
 from panoptic_deploy.errors import BenchError
 from panoptic_deploy.export import prepare_verify_inputs
 from panoptic_deploy.modeling import OUTPUT_NAMES
+from panoptic_deploy.timing import TimingError, timing_stats
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +103,20 @@ def test_torch_bench_is_schema_valid_and_exact_against_its_reference(art: pa.Art
         "cpu",
     )
     assert result.settings.iterations == 4 and result.settings.warmup == 1 and result.settings.threads == 2
-    assert result.latency.network.count == 4
+    # min_seconds 0: the count alone ends the timed phase, after exactly 4 runs.
+    assert result.latency.network.count == 4 and result.settings.min_seconds == 0.0
+    assert result.settings.stopped_by == "min_iterations+min_seconds"
     for stats in (result.latency.network, result.latency.preprocess, result.latency.postprocess):
-        assert 0 < stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
+        assert stats.count == 4 and 0 < stats.min_ms <= stats.p50_ms <= stats.max_ms
+        assert stats.p90_ms is None and stats.p99_ms is None  # 4 runs: too few for either percentile
+        assert stats.cov is not None and stats.stdev_ms is not None
+        assert stats.cov == pytest.approx(stats.stdev_ms / stats.mean_ms, rel=1e-12)
+        assert stats.unstable == (stats.cov > stats.cov_threshold)
+    assert result.latency.network.cov_threshold == 0.05  # the schema's default
+    # What affects timings, probed at the start: this machine's CPU and load average.
+    timing_env = result.environment.timing
+    assert timing_env.cpu_model == result.environment.cpu_name
+    assert timing_env.load_average is not None and len(timing_env.load_average) == 3
     assert result.latency.end_to_end.mean_ms == pytest.approx(
         result.latency.network.mean_ms
         + result.latency.preprocess.mean_ms
@@ -119,8 +131,11 @@ def test_torch_bench_is_schema_valid_and_exact_against_its_reference(art: pa.Art
     assert acc.panoptic.n > 0 and acc.panoptic.pq == 1.0
     ref = read_reference(art.reference)  # type: ignore[arg-type]
     assert acc.reference_sha256 == ref.sha256
-    for mine, theirs in zip(result.panoptic, ref.images, strict=True):
-        np.testing.assert_array_equal(mine.panoptic_seg, theirs.panoptic.panoptic_seg)
+    # The file carries the example image's map only (asked for: rocket), and the tensor errors are over the
+    # reference's fidelity subset (the schema's 4 >= these 3 images: all of them).
+    assert [p.name for p in result.panoptic] == ["rocket"] and acc.tensor_images == 3
+    np.testing.assert_array_equal(result.panoptic[0].panoptic_seg, ref.images[1].panoptic.panoptic_seg)
+    assert result.panoptic[0].segments == ref.images[1].panoptic.segments
     assert result.engine is None and result.ground_truth is None
     assert result.memory.peak_rss_mb >= result.memory.baseline_rss_mb > 0
     assert result.environment.versions["torch"] == torch.__version__
@@ -215,8 +230,13 @@ def test_ground_truth_pq(art: pa.Artifacts, tmp_path: Path) -> None:
     write_panoptic_json(tmp_path / "gt.json", annotations, COCO_CATEGORIES)
     result = run_bench(BenchSpec(
         "torch", "fp32", config=pa.CONFIG, opts=pa.OPTS, reference=art.reference, weights=art.weights,
-        device="cpu", warmup=0, iterations=1, threads=2, gt_json=tmp_path / "gt.json", gt_dir=tmp_path / "gt",
+        device="cpu", warmup=0, iterations=1, min_seconds=0.4, threads=2, gt_json=tmp_path / "gt.json",
+        gt_dir=tmp_path / "gt",
     ))  # fmt: skip
+    # Count and time: one run would do, but the timed phase lasts at least 0.4 s.
+    assert result.settings.timed_seconds >= 0.4 and result.settings.stopped_by == "min_iterations+min_seconds"
+    net = result.latency.network
+    assert net.count >= 1 and net.count * net.min_ms <= 1000 * result.settings.timed_seconds
     gt = result.ground_truth
     assert gt is not None and gt.num_images == 3
     assert (gt.all.pq, gt.all.sq, gt.all.rq) == (1.0, 1.0, 1.0)
@@ -234,12 +254,15 @@ def test_ground_truth_pq(art: pa.Artifacts, tmp_path: Path) -> None:
 
 
 def test_latency_statistics_by_hand() -> None:
-    stats = LatencyStats.from_samples([4.0, 1.0, 3.0, 2.0])
+    stats = timing_stats([4.0, 1.0, 3.0, 2.0], 0.5)
     assert (stats.mean_ms, stats.p50_ms, stats.min_ms, stats.max_ms, stats.count) == (2.5, 2.5, 1.0, 4.0, 4)
-    # linear interpolation: position 0.9 * 3 = 2.7 -> 3 + 0.7; 0.99 * 3 = 2.97 -> 3.97
-    assert stats.p90_ms == pytest.approx(3.7) and stats.p99_ms == pytest.approx(3.97)
-    with pytest.raises(BenchError):
-        LatencyStats.from_samples([])
+    # sample stdev of 1, 2, 3, 4: sqrt(5 / 3); CoV = that / 2.5 = 0.5164 > 0.5: flagged
+    stdev = (5 / 3) ** 0.5
+    assert stats.stdev_ms == pytest.approx(stdev) and stats.cov == pytest.approx(stdev / 2.5)
+    assert stats.unstable and not timing_stats([4.0, 1.0, 3.0, 2.0], 0.52).unstable
+    assert stats.p90_ms is None and stats.p99_ms is None  # 4 samples: no percentile above the median
+    with pytest.raises(TimingError, match="no samples"):
+        timing_stats([])
 
 
 def test_run_length_round_trip() -> None:
@@ -298,8 +321,106 @@ def test_compile_falls_back_to_the_heads_when_the_whole_network_fails(
         network(x)
 
 
+def test_bad_timing_policy_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match=r"^timing: min_seconds must be >= 0, got -1"):
+        run_bench(BenchSpec("torch", "fp32", "no.yaml", tmp_path / "none.npz", min_seconds=-1))
+
+
 def test_unknown_compile_mode_is_refused_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(BenchError, match=r"^compile mode 'fast' is not one of default, reduce-overhead, "):
         run_bench(BenchSpec(
             "torch_compile", "fp32", config="no.yaml", reference=tmp_path / "none.npz", compile_mode="fast"
         ))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Storage that scales: raw outputs of a fidelity subset, panoptic maps as COCO panoptic PNG + JSON
+
+
+def _random_panoptic(rng: np.random.Generator, name: str) -> Any:
+    from panoptic_deploy.bench.results import ImagePanoptic
+    from panoptic_deploy.categories import COCO
+
+    height, width = (int(v) for v in rng.integers(5, 40, 2))
+    ids = rng.choice(rng.integers(1, 2**24 - 1, 6), (height, width)).astype(np.int32)
+    ids[rng.random((height, width)) < 0.2] = 0  # void
+    segments = []
+    for seg_id in sorted(set(np.unique(ids).tolist()) - {0}):
+        isthing = bool(rng.integers(0, 2))
+        # contiguous ids as the model writes them: things 0..79, stuff 1..53 (0 is the stuff head's "things")
+        category = int(rng.integers(0, 80)) if isthing else int(rng.integers(1, 54))
+        dataset_id = COCO.dataset_id(category, isthing)
+        segments.append({
+            "id": seg_id, "category_id": category, "dataset_category_id": dataset_id,
+            "coco_category_id": dataset_id, "isthing": isthing,
+            "score": float(rng.random()) if isthing else None, "area": int((ids == seg_id).sum()),
+            "instance_id": int(rng.integers(0, 100)) if isthing else None,
+        })  # fmt: skip
+    return ImagePanoptic(name, ids, tuple(segments))
+
+
+def test_panoptic_set_round_trips_exactly_and_is_coco_panoptic(tmp_path: Path) -> None:
+    from panoptic_deploy.bench.panoptic_store import read_panoptic_set, write_panoptic_set
+    from panoptic_deploy.categories import COCO
+    from panoptic_deploy.panoptic_format import load_panoptic_json, read_panoptic_png
+
+    rng = np.random.default_rng()
+    images = [_random_panoptic(rng, f"im{k}") for k in range(int(rng.integers(2, 5)))]
+    path = write_panoptic_set(tmp_path / "set", images, COCO)
+    back = read_panoptic_set(tmp_path / "set")
+    assert [b.name for b in back] == [i.name for i in images]
+    for mine, theirs in zip(back, images, strict=True):
+        np.testing.assert_array_equal(mine.panoptic_seg, theirs.panoptic_seg)
+        assert mine.panoptic_seg.dtype == np.int32 and mine.segments == theirs.segments
+    # A COCO panoptic dataset in its own right: dataset ids, pixel areas, PNG ids.
+    coco = load_panoptic_json(path, require_categories=True)
+    for ann, image in zip(coco.annotations, images, strict=True):
+        assert [(s.id, s.category_id, s.area) for s in ann.segments_info] == [
+            (s["id"], s["dataset_category_id"], s["area"]) for s in image.segments
+        ]
+        np.testing.assert_array_equal(read_panoptic_png(tmp_path / "set" / ann.file_name), image.panoptic_seg)
+    # Named images, in the order asked; a missing one or an incomplete set is named.
+    names = [images[-1].name, images[0].name]
+    assert [b.name for b in read_panoptic_set(tmp_path / "set", names)] == names
+    with pytest.raises(BenchError, match=r"panoptic\.json: no panoptic map of image 'nope'"):
+        read_panoptic_set(tmp_path / "set", ["nope"])
+    path.unlink()
+    with pytest.raises(BenchError, match=r"set: panoptic maps incomplete or missing \(no panoptic\.json\)"):
+        read_panoptic_set(tmp_path / "set")
+
+
+def test_fidelity_subset_keeps_pq_exactly_and_the_bench_file_small(art: pa.Artifacts, tmp_path: Path) -> None:
+    """Raw outputs of the first image only: the PQ against torch FP32 is over every image and equals the
+    full reference's to the last bit; the tensor errors are over the subset."""
+    from panoptic_deploy.bench.panoptic_store import read_panoptic_set
+    from panoptic_deploy.bench.reference import reference_panoptic_dir, write_reference
+
+    assert art.reference is not None and art.bench_torch is not None
+    small = tmp_path / "small.npz"
+    ref = write_reference(pa.CONFIG, art.weights, art.images, small, pa.INPUT_HW, pa.OPTS, fidelity_images=1)
+    assert [r.outputs is not None for r in ref.images] == [True, False, False]
+    full = read_reference(art.reference)
+    for name in OUTPUT_NAMES:
+        np.testing.assert_array_equal(ref.images[0].outputs[name], full.images[0].outputs[name])  # type: ignore[index]
+    # 2 of 3 images' raw outputs gone: the .npz shrinks by about that much (the maps are PNGs beside it).
+    assert small.stat().st_size < 0.5 * Path(art.reference).stat().st_size
+    assert reference_panoptic_dir(small) == tmp_path / "small.panoptic"
+    for mine, theirs in zip(ref.images, full.images, strict=True):
+        np.testing.assert_array_equal(mine.panoptic.panoptic_seg, theirs.panoptic.panoptic_seg)
+        assert mine.panoptic.segments == theirs.panoptic.segments
+
+    result = run_bench(BenchSpec(
+        "torch", "fp32", config=pa.CONFIG, opts=pa.OPTS, reference=small, weights=art.weights, device="cpu",
+        warmup=0, iterations=1, min_seconds=0.0, threads=2, panoptic_dir=tmp_path / "maps",
+        example_image="rocket.png", output=tmp_path / "b.json",
+    ))  # fmt: skip
+    before = read_bench(art.bench_torch)
+    assert result.accuracy.panoptic == before.accuracy.panoptic  # same PQ, SQ, RQ, pixel agreement, images
+    assert result.accuracy.tensor_images == 1 and before.accuracy.tensor_images == 3
+    assert [p.name for p in result.panoptic] == ["rocket"]
+    maps = read_panoptic_set(tmp_path / "maps")
+    assert [m.name for m in maps] == ["coffee", "rocket", "chelsea"]
+    for mine, theirs in zip(maps, full.images, strict=True):  # torch FP32 = the reference, image by image
+        np.testing.assert_array_equal(mine.panoptic_seg, theirs.panoptic.panoptic_seg)
+    with pytest.raises(BenchError, match=r"example image 'nope\.png' is not among the evaluation images"):
+        run_bench(BenchSpec("torch", "fp32", pa.CONFIG, small, opts=pa.OPTS, example_image="nope.png"))

@@ -21,7 +21,6 @@ from panoptic_deploy.bench.results import (
     GroundTruthPQ,
     ImagePanoptic,
     Latency,
-    LatencyStats,
     Memory,
     PQSummary,
     write_bench,
@@ -43,14 +42,15 @@ from panoptic_deploy.gates import (
     write_verdict,
 )
 from panoptic_deploy.modeling import OUTPUT_NAMES
+from panoptic_deploy.timing import TimingStats, timing_stats
 
 MODEL = "demo_64x96"
 ENV = capture_environment()
 TENSORS = {name: OutputError(name, "discrete", 10, mismatches=0) for name in OUTPUT_NAMES}
 
 
-def _stats(p50: float) -> LatencyStats:
-    return LatencyStats(p50, p50, p50 * 1.1, p50 * 1.2, p50 * 0.9, p50 * 1.3, 4)
+def _stats(p50: float) -> TimingStats:
+    return timing_stats([p50] * 4)
 
 
 def _result(
@@ -78,7 +78,7 @@ def _result(
         end_to_end_ips=1000.0 / (p50 + 2.0),
         memory=Memory(100.0, 200.0),
         accuracy=Accuracy(
-            "ref.npz", "0" * 64, TENSORS, 3, 3, 3, PanopticAgreement(fidelity_pq, 0.9, 0.95, n, 0.99, 1)
+            "ref.npz", "0" * 64, TENSORS, 3, 3, 3, PanopticAgreement(fidelity_pq, 0.9, 0.95, n, 0.99, 1), 1
         ),
         ground_truth=None if summary is None else GroundTruthPQ("gt.json", 1, summary, summary, summary),
         engine=None,

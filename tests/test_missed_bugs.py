@@ -191,7 +191,7 @@ def _speedups(text: str) -> dict[tuple[str, str], str]:
             section = line[4:].strip()
         elif line.startswith("| ") and not line.startswith("| row"):
             row = [c.strip() for c in line.strip("|").split("|")]
-            cells[(section, row[0])] = row[7]
+            cells[(section, row[0])] = row[8]
     return cells
 
 

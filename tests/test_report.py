@@ -51,16 +51,20 @@ def test_report_has_every_row_every_skip_and_the_plots(art: pa.Artifacts, tmp_pa
     rows = _table_rows(text)
     assert list(rows) == ["torch fp32", "onnxruntime fp32"]  # baseline first, whatever the input order
     assert rows["torch fp32"][2] == f"{torch_row.latency.network.p50_ms:.1f}"
-    assert rows["torch fp32"][7] == "1.00x"
-    assert rows["onnxruntime fp32"][2] == f"{ort_row.latency.network.p50_ms:.1f}"
-    assert rows["onnxruntime fp32"][3] == f"{ort_row.latency.network.p90_ms:.1f}"
-    assert rows["onnxruntime fp32"][4] == f"{ort_row.latency.network.p99_ms:.1f}"
-    speedup = torch_row.latency.network.p50_ms / ort_row.latency.network.p50_ms
-    assert rows["onnxruntime fp32"][7] == f"{speedup:.2f}x"
-    assert rows["onnxruntime fp32"][8] == f"{100 * ort_row.accuracy.panoptic.pq:.2f}"
+    assert rows["torch fp32"][8] == "1.00x"
+    net = ort_row.latency.network
+    assert rows["onnxruntime fp32"][2] == f"{net.p50_ms:.1f}"
+    # 4 timed runs: too few for a p90 (10) or a p99 (100); the CoV of every row is shown.
+    assert net.count == 4 and net.p90_ms is None and net.p99_ms is None
+    assert rows["onnxruntime fp32"][3] == rows["onnxruntime fp32"][4] == "–"
+    assert net.cov is not None
+    assert rows["onnxruntime fp32"][5] == f"{100 * net.cov:.1f}%" + (" unstable" if net.unstable else "")
+    speedup = torch_row.latency.network.p50_ms / net.p50_ms
+    assert rows["onnxruntime fp32"][8] == f"{speedup:.2f}x"
+    assert rows["onnxruntime fp32"][9] == f"{100 * ort_row.accuracy.panoptic.pq:.2f}"
     assert ort_row.engine is not None
-    assert rows["onnxruntime fp32"][13] == f"{ort_row.engine.bytes / 1e6:.1f}"
-    assert rows["torch fp32"][13] == "–"
+    assert rows["onnxruntime fp32"][14] == f"{ort_row.engine.bytes / 1e6:.1f}"
+    assert rows["torch fp32"][14] == "–"
 
     # One plain line per skipped combination (the duplicate is dropped).
     not_run = text.split("## Not run on this machine", 1)[1].split("##", 1)[0]
@@ -243,3 +247,107 @@ def test_latency_axis_is_logarithmic_beyond_20x(low: float, high: float, scale: 
     lo, hi = ax.get_xlim()
     assert hi > high
     assert lo == 0.0 if scale == "linear" else 0.0 < lo < max(low, 1e-3)
+
+
+def _with_network(source: Path, out: Path, cov: float, threshold: float, load: float) -> Path:
+    """A copy of a benchmark JSON whose network CoV, threshold and start load average are set."""
+    data = json.loads(source.read_text(encoding="utf-8"))
+    network = data["latency"]["network"]
+    network["cov"], network["cov_threshold"] = cov, threshold
+    network["stdev_ms"] = cov * network["mean_ms"]
+    network["unstable"] = cov > threshold
+    data["environment"]["timing"]["load_average"] = [load, 1.0, 1.0]
+    data["environment"]["timing"]["cpu_affinity"] = 2
+    out.write_text(json.dumps(data), encoding="utf-8")
+    return out
+
+
+def test_every_row_shows_its_cov_and_unstable_rows_are_flagged_in_a_line(
+    art: pa.Artifacts, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    assert art.bench_torch is not None and art.bench_ort is not None
+    rng = np.random.default_rng()
+    threshold = float(rng.uniform(0.03, 0.08))
+    steady, noisy = threshold * float(rng.uniform(0.2, 0.9)), threshold * float(rng.uniform(1.1, 4.0))
+    files = [
+        _with_network(art.bench_torch, tmp_path / "t.json", steady, threshold, 0.5),
+        _with_network(art.bench_ort, tmp_path / "o.json", noisy, threshold, 3.5),
+    ]
+    out = tmp_path / "r.md"
+    write_report(files, out, plots_dir=tmp_path / "plots")
+    text = out.read_text(encoding="utf-8")
+    rows = _table_rows(text)
+    assert rows["torch fp32"][5] == f"{100 * steady:.1f}%"
+    assert rows["onnxruntime fp32"][5] == f"{100 * noisy:.1f}% unstable"
+    count = read_bench(files[1]).latency.network.count
+    assert (
+        f"- Unstable timings: onnxruntime fp32: unstable: CoV {noisy:.1%} over {count} runs exceeds "
+        f"{threshold:.1%}; compare its latencies with care." in text
+    )
+    assert "torch fp32: unstable" not in text
+    # The busy start (load 3.5 on 2 usable CPUs) is said too; the quiet one is not.
+    assert "- onnxruntime fp32: load average 3.50 at its start exceeds the 2 CPU(s) it may use" in text
+    assert "- torch fp32: load average" not in text
+
+    # No row above its threshold: one line saying so.
+    files = [_with_network(art.bench_torch, tmp_path / "t.json", steady, threshold, 0.5)]
+    write_report(files, out, plots_dir=tmp_path / "plots")
+    text = out.read_text(encoding="utf-8")
+    assert f"- Stable timings: every row's network CoV is within {threshold:.1%}." in text
+    assert "Unstable timings" not in text
+
+
+def test_bench_cli_defaults_are_the_schema_defaults() -> None:
+    from panoptic_deploy.cli import build_parser
+    from panoptic_deploy.defaults import schema_default
+
+    args = build_parser().parse_args(
+        ["bench", "--backend", "torch", "--precision", "fp32", "--config", "c.yaml", "--reference", "r.npz"]
+    )
+    assert (args.warmup, args.iterations, args.min_seconds, args.cov_threshold) == tuple(
+        schema_default("bench", key) for key in ("warmup", "iterations", "min_seconds", "cov_threshold")
+    )
+
+
+def _scaled(source: Path, out: Path, factor: float, unstable: bool) -> Path:
+    data = json.loads(source.read_text(encoding="utf-8"))
+    network = data["latency"]["network"]
+    network["p50_ms"] *= factor
+    network["unstable"] = unstable
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data), encoding="utf-8")
+    return out
+
+
+def test_compare_timings_holds_unflagged_rows_to_the_tolerance(
+    art: pa.Artifacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from panoptic_deploy.cli import main
+    from panoptic_deploy.report.stability import compare_runs
+
+    assert art.bench_torch is not None and art.bench_ort is not None
+    rng = np.random.default_rng()
+    near, far = float(rng.uniform(1.01, 1.14)), float(rng.uniform(1.16, 1.6))
+    a = [_scaled(art.bench_torch, tmp_path / "a" / "t.json", 1.0, False),
+         _scaled(art.bench_ort, tmp_path / "a" / "o.json", 1.0, False)]  # fmt: skip
+    b = [_scaled(art.bench_torch, tmp_path / "b" / "t.json", near, False),
+         _scaled(art.bench_ort, tmp_path / "b" / "o.json", far, False)]  # fmt: skip
+    result = compare_runs(a, b)
+    changes = {r.row.split()[-2]: r.change for r in result.rows}
+    assert changes == pytest.approx({"torch": near - 1, "onnxruntime": far - 1}, rel=1e-9)
+    assert [r.row.split()[-2] for r in result.failures] == ["onnxruntime"]
+    assert main(["compare-timings", str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    out = capsys.readouterr().out
+    assert "1 of 2 unflagged row(s) agree within 15 % in p50 (0 flagged row(s) not held)" in out
+    # Flagged unstable in run B: reported, not held to the tolerance.
+    _scaled(art.bench_ort, tmp_path / "b" / "o.json", far, True)
+    assert main(["compare-timings", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "flagged unstable (not held)" in capsys.readouterr().out
+    # A row of one run only is named, not compared.
+    (tmp_path / "b" / "o.json").unlink()
+    only = compare_runs(a, [tmp_path / "b" / "t.json"])
+    assert only.only_a == (f"{pa.MODEL} cpu onnxruntime fp32",) and len(only.rows) == 1

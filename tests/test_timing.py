@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from panoptic_deploy.defaults import config_schema
 from panoptic_deploy.timing import (
     DEFAULT_POLICY,
     MIN_SAMPLES_P90,
@@ -73,7 +74,15 @@ def test_caps_and_own_measurements() -> None:
         run_timed(step, TimingPolicy(0, 5, 0.0, max_iterations=3))
     with pytest.raises(TimingError, match="cov_threshold must be > 0"):
         TimingPolicy(cov_threshold=0.0).check()
-    assert DEFAULT_POLICY.warmup == 2 and DEFAULT_POLICY.min_iterations == 10
+    # The defaults are the workflow config schema's (one place): the library, the CLI and the workflow agree.
+    schema = config_schema()["properties"]["bench"]["properties"]
+    assert (DEFAULT_POLICY.warmup, DEFAULT_POLICY.min_iterations) == (
+        schema["warmup"]["default"],
+        schema["iterations"]["default"],
+    )
+    assert DEFAULT_POLICY.min_seconds == schema["min_seconds"]["default"]
+    threshold = schema["cov_threshold"]["default"]
+    assert DEFAULT_POLICY.cov_threshold == threshold == timing_stats([1.0]).cov_threshold
 
 
 def test_stats_percentiles_only_from_enough_samples() -> None:
@@ -81,7 +90,7 @@ def test_stats_percentiles_only_from_enough_samples() -> None:
     few = rng.uniform(10.0, 20.0, MIN_SAMPLES_P90 - 1)
     stats = timing_stats(few)
     assert stats.p90_ms is None and stats.p99_ms is None
-    assert stats.median_ms == float(np.median(few)) and stats.mean_ms == float(np.mean(few))
+    assert stats.p50_ms == float(np.median(few)) and stats.mean_ms == float(np.mean(few))
     assert stats.cov == pytest.approx(float(np.std(few, ddof=1) / np.mean(few)), rel=1e-12)
 
     enough = rng.uniform(10.0, 20.0, MIN_SAMPLES_P90)

@@ -36,7 +36,7 @@ TINY_CONFIG: dict[str, Any] = {
     "evaluation": {"images": "images/eval"},
     "calibration": {"images": "images/calibration", "method": "minmax"},
     "backends": ["onnxruntime"],
-    "bench": {"warmup": 0, "iterations": 1, "threads": 1},
+    "bench": {"warmup": 0, "iterations": 1, "min_seconds": 0, "threads": 1},
     # The INT8 debug job always compares (on one image); its search only measures the loss (no trials).
     "int8": {"debug": True, "debug_images": 1, "search_evaluations": 0},
 }
@@ -178,9 +178,13 @@ def tiny_outputs(ort_key: str) -> dict[str, set[str]]:
         f"{engines}/{m}.int8.onnx",
         f"{engines}/{m}.int8.onnx.json",
         f"results/bench/cpu/onnxruntime/{m}.int8.json",
+        f"results/bench/cpu/onnxruntime/{m}.int8.panoptic",
     }
-    bench = {f"results/bench/cpu/torch/{m}.fp32.json"} | {
-        f"results/bench/cpu/onnxruntime/{m}.{p}.json" for p in ("fp32", "fp16", "int8")
+    # Each benchmark: its JSON and the COCO panoptic set of every image beside it (a folder).
+    bench = {f"results/bench/cpu/torch/{m}.fp32{suffix}" for suffix in (".json", ".panoptic")} | {
+        f"results/bench/cpu/onnxruntime/{m}.{p}{suffix}"
+        for p in ("fp32", "fp16", "int8")
+        for suffix in (".json", ".panoptic")
     }
     other = {
         "results/weights/tiny.pth",
@@ -188,6 +192,7 @@ def tiny_outputs(ort_key: str) -> dict[str, set[str]]:
         f"results/onnx/{m}.sim.onnx",
         f"results/onnx/{m}.fp16.onnx",
         f"results/reference/{m}.npz",
+        f"results/reference/{m}.panoptic",
         *(f"{engines}/{m}.{p}.onnx{suffix}" for p in ("fp32", "fp16") for suffix in ("", ".json")),
     }
     debug = {f"results/int8_debug/{m}.json"}  # reads the INT8 model and the benchmarks it is gated on
@@ -220,7 +225,10 @@ def ort_key(tiny_run: Path) -> str:
 
 def test_full_run_produces_every_artifact(tiny_run: Path, ort_key: str) -> None:
     expected = set().union(*tiny_outputs(ort_key).values())
-    missing = sorted(p for p in expected if not (tiny_run / p).is_file())
+    # A file, or a folder of panoptic maps that is complete (its panoptic.json is written last).
+    missing = sorted(
+        p for p in expected if not ((tiny_run / p).is_file() or (tiny_run / p / "panoptic.json").is_file())
+    )
     assert not missing
     # Every rule wrote its log and its benchmark (per-job wall time and memory) under results/.
     assert (tiny_run / f"results/logs/export_onnx/{TINY_MODEL}.log").is_file()
@@ -229,7 +237,9 @@ def test_full_run_produces_every_artifact(tiny_run: Path, ort_key: str) -> None:
     created = {p.name for p in tiny_run.iterdir()} - {"workflow", "configs", "config", "images"}
     assert created == {"results", ".snakemake"}
     # No temporary or other hidden file under results/ (every write is atomic and cleans up after itself).
-    assert not [p for p in (tiny_run / "results").rglob(".*")]
+    # (Snakemake itself marks each directory() output, the panoptic sets, with a .snakemake_timestamp.)
+    hidden = [p for p in (tiny_run / "results").rglob(".*") if p.name != ".snakemake_timestamp"]
+    assert not hidden
 
 
 def test_bench_files_validate_and_report_has_every_row(tiny_run: Path, ort_key: str) -> None:
@@ -239,7 +249,7 @@ def test_bench_files_validate_and_report_has_every_row(tiny_run: Path, ort_key: 
 
     schema = bench_schema()
     rows = []
-    for path in sorted(tiny_outputs(ort_key)["bench"]):
+    for path in sorted(p for p in tiny_outputs(ort_key)["bench"] if p.endswith(".json")):
         data = json.loads((tiny_run / path).read_text(encoding="utf-8"))
         jsonschema.validate(data, schema)
         backend, precision = path.split("/")[3], path.rsplit(".", 2)[1]
@@ -459,7 +469,7 @@ def test_interrupted_run_resumes_through_incomplete_file_handling(clone: Path, o
         while killed is None and time.monotonic() < deadline and proc.poll() is None:
             for marker in incomplete.glob("*") if incomplete.is_dir() else []:
                 path = base64.urlsafe_b64decode(marker.name).decode()
-                if path.startswith("results/bench/"):
+                if path.startswith("results/bench/") and path.endswith(".json"):  # not its .panoptic set
                     # Kill Snakemake and the running job together, as a crash or Ctrl-\ would.
                     os.killpg(proc.pid, signal.SIGKILL)
                     killed = path
@@ -499,10 +509,10 @@ def _temp_files(workdir: Path) -> list[str]:
 def test_killed_job_leaves_no_stray_file_after_the_next_run(clone: Path, ort_key: str) -> None:
     """A real SIGKILL of Snakemake and its running job mid-write, then the next run: the job's temporary files
     are removed when the run starts (onstart), the outputs are complete, nothing else is left."""
-    cfg = yaml.safe_load((clone / "config/config.yaml").read_text(encoding="utf-8"))
-    cfg["report"] = {"example_image": TINY_EVAL[1]}  # only the report reruns (a few seconds of plotting)
-    _write_config(clone, cfg)
+    # Only the report reruns (a few seconds of plotting). Not by report.example_image: the benchmarks take
+    # it (their files carry the example image's map only), so it reruns them too.
     old_report = (clone / "results/report.md").read_text(encoding="utf-8")
+    (clone / "results/report.md").unlink()
     proc = _start_report_run(clone)
     left: list[str] = []
     try:
@@ -530,9 +540,9 @@ def test_killed_job_leaves_no_stray_file_after_the_next_run(clone: Path, ort_key
     assert rerun.returncode == 0, _combined(rerun)[-4000:]
     assert f"Removed {len(stray)} temporary file(s) left by killed jobs under results/" in _combined(rerun)
     assert _temp_files(clone) == []
-    assert not [p for p in (clone / "results").rglob(".*")], "a hidden file is left under results/"
-    report = (clone / "results/report.md").read_text(encoding="utf-8")
-    assert f"image `{Path(TINY_EVAL[1]).stem}`" in report
+    hidden = [p for p in (clone / "results").rglob(".*") if p.name != ".snakemake_timestamp"]
+    assert not hidden, "a hidden file is left under results/"
+    assert (clone / "results/report.md").read_text(encoding="utf-8").startswith("# panoptic-deploy")
     for path in tiny_outputs(ort_key)["report"]:
         assert (clone / path).is_file(), path
     assert dry_run_outputs(clone) == set()
@@ -547,7 +557,9 @@ def test_changing_the_simplifier_reruns_from_the_simplified_model(clone: Path, o
         "results/weights/tiny.pth",
         f"results/onnx/{TINY_MODEL}.onnx",
         f"results/reference/{TINY_MODEL}.npz",
+        f"results/reference/{TINY_MODEL}.panoptic",
         f"results/bench/cpu/torch/{TINY_MODEL}.fp32.json",
+        f"results/bench/cpu/torch/{TINY_MODEL}.fp32.panoptic",
     }
     assert dry_run_outputs(clone) == set().union(*groups.values()) - unchanged
 

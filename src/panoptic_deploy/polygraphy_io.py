@@ -142,9 +142,10 @@ def write_reference_for_polygraphy(
     opts: Sequence[str] = (),
     max_images: int | None = None,
 ) -> int:
-    """From the torch FP32 reference (``write_reference``'s .npz): the network input of each of its
-    images (the first ``max_images``, default all), prepared exactly as the benchmarks prepare them, to
-    ``inputs_out``, and its recorded network outputs to ``outputs_out``. Returns the number of images."""
+    """From the torch FP32 reference (``write_reference``'s .npz): the network input of each image whose raw
+    outputs it kept (its fidelity subset; the first ``max_images`` of them, default all), prepared exactly as
+    the benchmarks prepare them, to ``inputs_out``, and those recorded network outputs to ``outputs_out``.
+    Returns the number of images."""
     from panoptic_deploy.bench.reference import read_reference
     from panoptic_deploy.modeling import INPUT_NAME, OUTPUT_NAMES
     from panoptic_deploy.preprocess import prepare_at_size
@@ -155,10 +156,11 @@ def write_reference_for_polygraphy(
     spec.check_categories(ref.categories)
     input_params = spec.input_params
     hw = ref.input_shape[2:]
-    images = ref.images[:max_images] if max_images is not None else ref.images
-    prepared = [prepare_at_size(im.path, input_params, hw, ref.buckets) for im in images]
+    # The images whose raw outputs the reference kept (its fidelity subset, evaluation.fidelity_images).
+    kept = [(im, im.outputs) for im in ref.images if im.outputs is not None][:max_images]
+    prepared = [prepare_at_size(im.path, input_params, hw, ref.buckets) for im, _ in kept]
     feeds = [{INPUT_NAME: p.tensor.numpy()} for p in prepared]
-    outputs = [{name: im.outputs[name] for name in OUTPUT_NAMES} for im in images]
+    outputs = [{name: raw[name] for name in OUTPUT_NAMES} for _, raw in kept]
     write_polygraphy_inputs(inputs_out, feeds)
     write_polygraphy_outputs(outputs_out, outputs)
     return len(feeds)

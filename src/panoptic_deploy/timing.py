@@ -13,7 +13,8 @@ probe of what affects timings on this machine.
   readable), load average at start, and per GPU name, driver, clocks, temperature and power through NVML.
   Every part that cannot be read is ``None`` with the reason in ``notes``: no part raises.
 
-The defaults live here (:data:`DEFAULT_POLICY`), for the library, the CLI and the workflow schema alike.
+The defaults are the workflow config schema's ``bench`` defaults (:mod:`panoptic_deploy.defaults`), for the
+library, the CLI and the workflow alike; :data:`DEFAULT_POLICY` is a policy of them.
 """
 
 from __future__ import annotations
@@ -31,17 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from panoptic_deploy.defaults import schema_default
 from panoptic_deploy.errors import PanopticDeployError
 from panoptic_deploy.fileio import PathLike
+from panoptic_deploy.host import read_cpuinfo
 
-DEFAULT_WARMUP = 2
-# trtexec's defaults: at least 10 inferences and at least 3 s of them.
-DEFAULT_MIN_ITERATIONS = 10
-DEFAULT_MIN_SECONDS = 3.0
+# The policy's defaults (warm-up, minimum count and time, CoV threshold) are the workflow config schema's
+# bench defaults (defaults.py): the library, the CLI and the workflow time a row alike. The schema's numbers
+# follow trtexec (at least 10 inferences and 3 s of them); trtexec warns above a 2.5 % CoV of GPU kernel
+# times, but CPU rows on a shared machine rarely stay under that, so the schema flags above 5 %.
+# A safety cap, not a setting: a row whose steps take microseconds stops after this many samples.
 DEFAULT_MAX_ITERATIONS = 10_000
-# trtexec warns above 2.5 % for GPU kernel times; CPU rows on a shared machine rarely stay under that, so a
-# row is flagged above 5 % by default (configurable).
-DEFAULT_COV_THRESHOLD = 0.05
 # A percentile p is reported from n >= 1 / (1 - p) samples: only then does at least one sample lie above it.
 MIN_SAMPLES_P90 = 10
 MIN_SAMPLES_P99 = 100
@@ -64,12 +65,12 @@ class TimingError(PanopticDeployError):
 class TimingPolicy:
     """How long a row is timed and when it counts as unstable."""
 
-    warmup: int = DEFAULT_WARMUP
-    min_iterations: int = DEFAULT_MIN_ITERATIONS
-    min_seconds: float = DEFAULT_MIN_SECONDS
+    warmup: int = field(default_factory=lambda: int(schema_default("bench", "warmup")))
+    min_iterations: int = field(default_factory=lambda: int(schema_default("bench", "iterations")))
+    min_seconds: float = field(default_factory=lambda: float(schema_default("bench", "min_seconds")))
     max_iterations: int = DEFAULT_MAX_ITERATIONS
     max_seconds: float | None = None  # a hard cap on the timed phase (None: only max_iterations)
-    cov_threshold: float = DEFAULT_COV_THRESHOLD
+    cov_threshold: float = field(default_factory=lambda: float(schema_default("bench", "cov_threshold")))
 
     def check(self) -> TimingPolicy:
         """Self, or :class:`TimingError` naming the first invalid field."""
@@ -149,7 +150,7 @@ class TimingStats:
 
     count: int
     mean_ms: float
-    median_ms: float
+    p50_ms: float  # the median
     min_ms: float
     max_ms: float
     stdev_ms: float | None  # sample standard deviation (n - 1); None for one sample
@@ -174,9 +175,11 @@ class TimingStats:
         )
 
 
-def timing_stats(samples_ms: Sequence[float], cov_threshold: float = DEFAULT_COV_THRESHOLD) -> TimingStats:
+def timing_stats(samples_ms: Sequence[float], cov_threshold: float | None = None) -> TimingStats:
     """Statistics of ``samples_ms`` (see the module docstring); :class:`TimingError` for no sample or a
-    non-finite or negative one."""
+    non-finite or negative one. ``cov_threshold`` defaults to the schema's ``bench.cov_threshold``."""
+    if cov_threshold is None:
+        cov_threshold = float(schema_default("bench", "cov_threshold"))
     a = np.asarray(samples_ms, np.float64)
     if a.size == 0:
         raise TimingError("timing: no samples")
@@ -191,7 +194,7 @@ def timing_stats(samples_ms: Sequence[float], cov_threshold: float = DEFAULT_COV
     return TimingStats(
         count=n,
         mean_ms=mean,
-        median_ms=float(np.median(a)),
+        p50_ms=float(np.median(a)),
         min_ms=float(a.min()),
         max_ms=float(a.max()),
         stdev_ms=stdev,
@@ -255,27 +258,11 @@ def _read(path: Path) -> str | None:
 
 
 def _cpuinfo(root: Path, notes: list[str]) -> tuple[str | None, tuple[str, ...], float | None]:
-    text = _read(root / "proc" / "cpuinfo")
-    if text is None:
+    info = read_cpuinfo(root)
+    if info is None:
         notes.append("CPU: /proc/cpuinfo not readable")
         return None, (), None
-    model = None
-    flags: set[str] = set()
-    mhz: list[float] = []
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        key, value = key.strip(), value.strip()
-        if key in ("model name", "Model", "Hardware") and model is None and value:
-            model = value
-        elif key in ("flags", "Features"):
-            flags.update(value.split())
-        elif key == "cpu MHz":
-            with contextlib.suppress(ValueError):
-                mhz.append(float(value))
-    isa = tuple(f for f in ISA_FLAGS if f in flags)
-    return model, isa, (round(sum(mhz) / len(mhz), 1) if mhz else None)
+    return info.model, tuple(f for f in ISA_FLAGS if f in info.flags), info.mean_mhz
 
 
 def _governors(root: Path, notes: list[str]) -> tuple[str, ...]:
@@ -402,3 +389,8 @@ def load_is_high(env: TimingEnvironment) -> bool:
 def format_ms(value: float | None) -> str:
     """A latency for a table: ``–`` for a statistic not reported (too few samples)."""
     return "–" if value is None or not math.isfinite(value) else f"{value:.1f}"
+
+
+def format_cov(cov: float | None) -> str:
+    """A coefficient of variation for a table, in percent: ``–`` for one sample (unknown)."""
+    return "–" if cov is None or not math.isfinite(cov) else f"{100 * cov:.1f}%"

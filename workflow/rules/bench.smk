@@ -11,7 +11,8 @@ rule bench_torch:
     input:
         unpack(torch_bench_inputs),
     output:
-        "results/bench/cpu/{backend}/{model}.{precision}.json",
+        bench="results/bench/cpu/{backend}/{model}.{precision}.json",
+        panoptic=directory("results/bench/cpu/{backend}/{model}.{precision}.panoptic"),
     log:
         "results/logs/bench_torch/cpu/{backend}/{model}.{precision}.log",
     benchmark:
@@ -28,7 +29,10 @@ rule bench_torch:
         opts=model_opts,
         warmup=config["bench"]["warmup"],
         iterations=config["bench"]["iterations"],
+        min_seconds=config["bench"]["min_seconds"],
+        cov_threshold=config["bench"]["cov_threshold"],
         threads=config["bench"]["threads"],
+        example_image=config["report"]["example_image"],
         compile_mode=config["bench"]["torch_compile_mode"],
         version=PACKAGE_VERSION,
     script:
@@ -37,7 +41,8 @@ rule bench_torch:
 
 use rule bench_torch as bench_torch_gpu with:
     output:
-        "results/bench/{gpu}/{backend}/{model}.{precision}.json",
+        bench="results/bench/{gpu}/{backend}/{model}.{precision}.json",
+        panoptic=directory("results/bench/{gpu}/{backend}/{model}.{precision}.panoptic"),
     log:
         "results/logs/bench_torch/{gpu}/{backend}/{model}.{precision}.log",
     benchmark:
@@ -56,7 +61,8 @@ rule bench_engine:
     input:
         unpack(bench_engine_inputs),
     output:
-        "results/bench/cpu/{backend}/{model}.{precision}.json",
+        bench="results/bench/cpu/{backend}/{model}.{precision}.json",
+        panoptic=directory("results/bench/cpu/{backend}/{model}.{precision}.panoptic"),
     log:
         "results/logs/bench_engine/cpu/{backend}/{model}.{precision}.log",
     benchmark:
@@ -75,7 +81,10 @@ rule bench_engine:
         opts=model_opts,
         warmup=config["bench"]["warmup"],
         iterations=config["bench"]["iterations"],
+        min_seconds=config["bench"]["min_seconds"],
+        cov_threshold=config["bench"]["cov_threshold"],
         threads=config["bench"]["threads"],
+        example_image=config["report"]["example_image"],
         cuda_graph=config["tensorrt"]["cuda_graph"],
         version=PACKAGE_VERSION,
     script:
@@ -84,7 +93,8 @@ rule bench_engine:
 
 use rule bench_engine as bench_engine_gpu with:
     output:
-        "results/bench/{gpu}/{backend}/{model}.{precision}.json",
+        bench="results/bench/{gpu}/{backend}/{model}.{precision}.json",
+        panoptic=directory("results/bench/{gpu}/{backend}/{model}.{precision}.panoptic"),
     log:
         "results/logs/bench_engine/{gpu}/{backend}/{model}.{precision}.log",
     benchmark:

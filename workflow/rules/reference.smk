@@ -6,7 +6,10 @@ rule reference_outputs:
     input:
         unpack(reference_inputs),
     output:
-        "results/reference/{model}.npz",
+        # the .npz (raw outputs of the fidelity subset) names the job; the panoptic maps of every image are
+        # a COCO panoptic set beside it (bench.reference.reference_panoptic_dir)
+        reference="results/reference/{model}.npz",
+        panoptic=directory("results/reference/{model}.panoptic"),
     log:
         "results/logs/reference_outputs/{model}.log",
     benchmark:
@@ -21,14 +24,15 @@ rule reference_outputs:
         input_hw=input_hw,
         buckets=input_buckets,
         categories=model_categories,
+        fidelity_images=config["evaluation"]["fidelity_images"],
         version=PACKAGE_VERSION,
     script:
         "../scripts/reference_outputs.py"
 
 
 rule polygraphy_files:
-    """The first polygraphy.images evaluation images' network inputs and torch FP32 outputs as Polygraphy
-    JSON, so that NVIDIA's checker compares any engine with our reference (docs/engines.md):
+    """The network inputs and torch FP32 outputs of the first polygraphy.images evaluation images whose raw
+    outputs the reference keeps (evaluation.fidelity_images) as Polygraphy JSON, so that NVIDIA's checker compares any engine with our reference (docs/engines.md):
     polygraphy run <engine> --trt --load-inputs <inputs> --load-outputs <outputs>."""
     input:
         reference="results/reference/{model}.npz",

@@ -26,7 +26,9 @@ spec = BenchSpec(
     snakemake.wildcards.precision,
     config=snakemake.params.config,
     reference=snakemake.input.reference,
-    output=snakemake.output[0],
+    output=snakemake.output.bench,
+    panoptic_dir=snakemake.output.panoptic,
+    example_image=snakemake.params.example_image,
     images=snakemake.input.images,
     weights=snakemake.input.get("weights"),
     engine=snakemake.input.get("engine"),
@@ -36,6 +38,8 @@ spec = BenchSpec(
     device=device,
     warmup=snakemake.params.warmup,
     iterations=snakemake.params.iterations,
+    min_seconds=snakemake.params.min_seconds,
+    cov_threshold=snakemake.params.cov_threshold,
     threads=snakemake.params.threads,
     gt_json=snakemake.input.get("gt_json"),
     gt_dir=snakemake.input.get("gt_dir"),
@@ -43,7 +47,11 @@ spec = BenchSpec(
     compile_mode=snakemake.params.get("compile_mode", "default"),
 )
 result = run_bench(spec)
+net = result.latency.network
 print(
-    f"wrote {snakemake.output[0]}: network p50 {result.latency.network.p50_ms:.1f} ms, "
+    f"wrote {snakemake.output.bench}: network p50 {net.p50_ms:.1f} ms over {net.count} runs "
+    f"(CoV {net.cov if net.cov is None else round(100 * net.cov, 1)} %), "
     f"PQ vs torch FP32 {100 * result.accuracy.panoptic.pq:.2f}"
 )
+if net.note():
+    print(f"warning: {net.note()}")

@@ -16,12 +16,17 @@ reference = write_reference(
     snakemake.params.config,
     snakemake.input.weights,
     snakemake.input.images,
-    snakemake.output[0],
+    snakemake.output.reference,
     snakemake.params.input_hw,
     opts=snakemake.params.opts,
     model_name=snakemake.wildcards.model,
     threads=snakemake.threads,
     categories=load_category_set(snakemake.params.categories),
     buckets=snakemake.params.buckets,
+    fidelity_images=snakemake.params.fidelity_images,
 )
-print(f"wrote {snakemake.output[0]}: {len(reference.images)} image(s)")
+kept = sum(1 for image in reference.images if image.outputs is not None)
+print(
+    f"wrote {snakemake.output.reference}: {len(reference.images)} image(s), raw outputs of {kept}; "
+    f"panoptic maps in {snakemake.output.panoptic}"
+)

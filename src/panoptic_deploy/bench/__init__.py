@@ -18,6 +18,7 @@ One module per concern; this package imports none of them, so that ``import pano
 
 * :mod:`~panoptic_deploy.bench.results`: the result dataclasses and their JSON file (torch-free).
 * :mod:`~panoptic_deploy.bench.reference`: the torch FP32 reference file.
+* :mod:`~panoptic_deploy.bench.panoptic_store`: every image's panoptic map as COCO panoptic PNG + JSON.
 * :mod:`~panoptic_deploy.bench.runners`: what runs where, and one runner per backend.
 * :mod:`~panoptic_deploy.bench.environment`: the machine and library versions.
 * :mod:`~panoptic_deploy.bench.accuracy`: PQ against ground truth.

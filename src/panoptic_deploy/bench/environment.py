@@ -11,10 +11,13 @@ import torch
 from panoptic_deploy import __version__
 from panoptic_deploy.bench.results import Environment
 from panoptic_deploy.host import cpu_name, dist_version
+from panoptic_deploy.timing import TimingEnvironment, probe_environment
 
 
-def capture_environment() -> Environment:
-    """CPU, GPU (if torch sees one) and versions of torch/onnx/onnxruntime/tensorrt/this package."""
+def capture_environment(timing: TimingEnvironment | None = None) -> Environment:
+    """CPU, GPU (if torch sees one) and versions of torch/onnx/onnxruntime/tensorrt/this package, with
+    ``timing``: what affects timings (:func:`panoptic_deploy.timing.probe_environment`; probed now if None;
+    a benchmark probes before it loads its runner, so that the load average is the one its timings met)."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     gpu_name = gpu_cc = None
     if torch.cuda.is_available():
@@ -45,4 +48,5 @@ def capture_environment() -> Environment:
         python=platform.python_version(),
         platform=platform.platform(),
         versions=versions,
+        timing=probe_environment() if timing is None else timing,
     )

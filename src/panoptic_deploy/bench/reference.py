@@ -1,8 +1,11 @@
 """The torch FP32 reference: every benchmark's accuracy is measured against it.
 
-:func:`write_reference` runs the eager model on CPU once per model over the evaluation images and stores the
-seven network outputs and the panoptic result of each (.npz); :func:`read_reference` loads it for the
-benchmarks, which check that they run on the same images.
+:func:`write_reference` runs the eager model on CPU once per model over the evaluation images. It stores the
+panoptic result of every image as a COCO panoptic set beside the .npz (:func:`reference_panoptic_dir`,
+:mod:`~panoptic_deploy.bench.panoptic_store`) and the seven raw network outputs (about 10 MB per image at
+the demo's size) of the first ``fidelity_images`` images only, in the .npz: storage that scales to a large
+evaluation set. :func:`read_reference` loads both for the benchmarks, which check that they run on the same
+images.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from panoptic_deploy import __version__
 from panoptic_deploy.bench.results import ImagePanoptic
 from panoptic_deploy.categories import COCO, CategorySet
 from panoptic_deploy.compare import as_numpy_outputs
+from panoptic_deploy.defaults import schema_default
 from panoptic_deploy.errors import BenchError
 from panoptic_deploy.fileio import PathLike, atomic_path, file_sha256
 from panoptic_deploy.geometry import Size
@@ -28,7 +32,9 @@ from panoptic_deploy.preprocess import prepare_at_size
 from panoptic_deploy.spec import ModelSpec
 from panoptic_deploy.vocab import OUTPUT_NAMES
 
-REFERENCE_FORMAT_VERSION = 1
+# How many images keep their raw outputs unless told: the config schema's default (defaults.py).
+FIDELITY_IMAGES: int | None = schema_default("evaluation", "fidelity_images")
+REFERENCE_FORMAT_VERSION = 2  # 2: raw outputs of a fidelity subset; panoptic maps as COCO panoptic
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class ReferenceImage:
     path: str
     image_size: tuple[int, int]  # resized, before padding
     orig_size: tuple[int, int]
-    outputs: dict[str, NDArray[Any]]
+    outputs: dict[str, NDArray[Any]] | None  # None outside the fidelity subset (raw outputs not kept)
     panoptic: ImagePanoptic
 
 
@@ -59,6 +65,12 @@ class Reference:
         """The size buckets its images were padded into (meta "buckets"), None for per-size padding."""
         buckets = self.meta.get("buckets")
         return None if buckets is None else tuple((int(h), int(w)) for h, w in buckets)
+
+
+def reference_panoptic_dir(reference: PathLike) -> Path:
+    """The folder of the reference's panoptic maps: ``<name>.panoptic/`` beside ``<name>.npz``."""
+    path = Path(reference)
+    return path.with_name(f"{path.stem}.panoptic")
 
 
 def image_names(images: Sequence[PathLike]) -> list[str]:
@@ -82,22 +94,27 @@ def write_reference(
     threads: int | None = None,
     categories: CategorySet = COCO,
     buckets: Sequence[Size] | None = None,
+    fidelity_images: int | None = FIDELITY_IMAGES,
 ) -> Reference:
     """Run torch FP32 on CPU over ``images`` (all must pad to ``input_hw``; with ``buckets``, each into the
-    smallest bucket holding it, which must be ``input_hw``) and write ``output`` (.npz).
+    smallest bucket holding it, which must be ``input_hw``) and write ``output`` (.npz) with the panoptic maps
+    in :func:`reference_panoptic_dir` (written first; the .npz is the marker).
 
-    The file holds, per image ``i``: ``img{i}.<output name>`` (the seven network outputs),
-    ``img{i}.panoptic_seg`` (H×W int32) and ``img{i}.segments`` (JSON), plus ``meta`` (JSON: model name,
-    input shape, image names and paths, sizes, versions, the model's category set). ``model_name`` defaults
-    to the file stem. The config's head sizes must fit ``categories``; the benchmarks take them from here.
-    ``config``: a :class:`ModelSpec` or a config file (then ``opts`` are its overrides).
+    The .npz holds ``img{i}.<output name>`` (the seven network outputs) for the first ``fidelity_images``
+    images (default: the config schema's ``evaluation.fidelity_images``; None: every image) and
+    ``meta`` (JSON: model name, input shape, image names and paths, sizes, versions, the model's category set,
+    how many images kept their raw outputs). ``model_name`` defaults to the file stem. The config's head sizes
+    must fit ``categories``; the benchmarks take them from here. ``config``: a :class:`ModelSpec` or a config
+    file (then ``opts`` are its overrides).
     """
+    from panoptic_deploy.bench.panoptic_store import write_panoptic_set
     from panoptic_deploy.postprocess import postprocess
     from panoptic_deploy.predict import load_model, segments_info
 
     if not images:
         raise BenchError(f"{output}: no evaluation images")
     names = image_names(images)
+    raw_count = _raw_count(fidelity_images, len(images))
     spec = ModelSpec.of(config, opts)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -105,15 +122,17 @@ def write_reference(
     height, width = (int(v) for v in input_hw)
     arrays: dict[str, NDArray[Any]] = {}
     entries = []
+    panoptic = []
     with torch.no_grad():
         for i, (path, name) in enumerate(zip(images, names, strict=True)):
             prepared = prepare_at_size(path, model.input_params, (height, width), buckets)
             outputs = model(prepared.tensor)
             result = postprocess(outputs, prepared.image_size, prepared.orig_size, model.inference)
-            for key, value in as_numpy_outputs(outputs).items():
-                arrays[f"img{i}.{key}"] = value
-            arrays[f"img{i}.panoptic_seg"] = result.panoptic_seg.astype(np.int32)
-            arrays[f"img{i}.segments"] = np.asarray(json.dumps(segments_info(result, categories)))
+            if i < raw_count:
+                for key, value in as_numpy_outputs(outputs).items():
+                    arrays[f"img{i}.{key}"] = value
+            segments = tuple(segments_info(result, categories))
+            panoptic.append(ImagePanoptic(name, result.panoptic_seg.astype(np.int32), segments))
             entries.append(
                 {
                     "name": name,
@@ -130,6 +149,7 @@ def write_reference(
         "input_shape": [1, 3, height, width],
         "buckets": None if buckets is None else [[int(h), int(w)] for h, w in buckets],
         "images": entries,
+        "raw_output_images": raw_count,
         "categories": categories.to_json(),
         "category_source": categories.source,
         "package_version": __version__,
@@ -138,13 +158,25 @@ def write_reference(
         "threads": torch.get_num_threads(),
     }
     arrays["meta"] = np.asarray(json.dumps(meta))
+    write_panoptic_set(reference_panoptic_dir(output), panoptic, categories)
     with atomic_path(output) as tmp, tmp.open("wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
     return read_reference(output)
 
 
+def _raw_count(fidelity_images: int | None, count: int) -> int:
+    """How many of ``count`` images keep their raw outputs (None: all)."""
+    if fidelity_images is None:
+        return count
+    if fidelity_images < 1:
+        raise BenchError(f"fidelity_images must be >= 1 or None (every image), got {fidelity_images}")
+    return min(int(fidelity_images), count)
+
+
 def read_reference(path: PathLike) -> Reference:
-    """Load a file written by :func:`write_reference`; :class:`BenchError` names the file and the problem."""
+    """Load a file written by :func:`write_reference` (and its panoptic maps beside it); :class:`BenchError`
+    names the file and the problem."""
+    from panoptic_deploy.bench.panoptic_store import read_panoptic_set
 
     path = Path(path)
     if not path.is_file():
@@ -153,26 +185,31 @@ def read_reference(path: PathLike) -> Reference:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             if meta.get("format_version") != REFERENCE_FORMAT_VERSION:
-                raise BenchError(f"{path}: reference format {meta.get('format_version')!r} is not supported")
-            images = []
-            for i, entry in enumerate(meta["images"]):
-                outputs = {name: np.asarray(data[f"img{i}.{name}"]) for name in OUTPUT_NAMES}
-                segments = tuple(json.loads(str(data[f"img{i}.segments"])))
-                panoptic = ImagePanoptic(entry["name"], np.asarray(data[f"img{i}.panoptic_seg"]), segments)
-                images.append(
-                    ReferenceImage(
-                        entry["name"],
-                        entry["path"],
-                        (int(entry["image_size"][0]), int(entry["image_size"][1])),
-                        (int(entry["orig_size"][0]), int(entry["orig_size"][1])),
-                        outputs,
-                        panoptic,
-                    )
+                raise BenchError(
+                    f"{path}: reference format {meta.get('format_version')!r} is not supported "
+                    f"(this package writes {REFERENCE_FORMAT_VERSION}; run the reference again)"
                 )
+            raw_count = int(meta["raw_output_images"])
+            outputs = [
+                {name: np.asarray(data[f"img{i}.{name}"]) for name in OUTPUT_NAMES} if i < raw_count else None
+                for i in range(len(meta["images"]))
+            ]
     except BenchError:
         raise
     except (KeyError, ValueError, OSError, json.JSONDecodeError) as exc:
         raise BenchError(f"{path}: not a valid reference file ({type(exc).__name__}: {exc})") from exc
+    panoptic = read_panoptic_set(reference_panoptic_dir(path), [entry["name"] for entry in meta["images"]])
+    images = [
+        ReferenceImage(
+            entry["name"],
+            entry["path"],
+            (int(entry["image_size"][0]), int(entry["image_size"][1])),
+            (int(entry["orig_size"][0]), int(entry["orig_size"][1])),
+            raw,
+            pan,
+        )
+        for entry, raw, pan in zip(meta["images"], outputs, panoptic, strict=True)
+    ]
     shape = tuple(int(v) for v in meta["input_shape"])
     categories = COCO
     if "categories" in meta:

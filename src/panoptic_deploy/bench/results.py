@@ -29,8 +29,10 @@ from panoptic_deploy.jsonfiles import (
     to_json,
     write_checked_json,
 )
+from panoptic_deploy.timing import TimingEnvironment, TimingStats
 
-BENCH_SCHEMA_VERSION = 1
+BENCH_SCHEMA_VERSION = 3  # 2: stable timings (count and time, CoV, percentiles from enough runs); 3: the
+# example image's panoptic map only, accuracy.tensor_images
 
 
 def rle_encode(id_map: NDArray[Any]) -> str:
@@ -131,37 +133,24 @@ class Environment:
     python: str
     platform: str
     versions: dict[str, str | None]
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Milliseconds over ``count`` timed runs; percentiles by linear interpolation (numpy's default)."""
-
-    mean_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    min_ms: float
-    max_ms: float
-    count: int
-
-    @classmethod
-    def from_samples(cls, samples_ms: Sequence[float]) -> LatencyStats:
-        a = np.asarray(samples_ms, np.float64)
-        if a.size == 0:
-            raise BenchError("no timing samples")
-        p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
-        return cls(float(a.mean()), p50, p90, p99, float(a.min()), float(a.max()), int(a.size))
+    # what affects timings, probed before the runner was loaded (governor, load, GPU clocks and temperature)
+    timing: TimingEnvironment
 
 
 @dataclass(frozen=True)
 class Latency:
-    """Per-run timing of each stage and of their sum."""
+    """Per-run timing of each stage and of their sum (:func:`panoptic_deploy.timing.timing_stats`: p90 and
+    p99 only from enough runs, the CoV and the unstable flag against the row's threshold)."""
 
-    network: LatencyStats
-    preprocess: LatencyStats
-    postprocess: LatencyStats
-    end_to_end: LatencyStats
+    network: TimingStats
+    preprocess: TimingStats
+    postprocess: TimingStats
+    end_to_end: TimingStats
+
+    @property
+    def unstable(self) -> bool:
+        """The row's flag: its network latency's CoV exceeds the threshold it ran with (or is unknown)."""
+        return self.network.unstable
 
 
 @dataclass(frozen=True)
@@ -200,7 +189,10 @@ class Accuracy:
     instances_reference: int = field(metadata=json_meta(key=("instances", "reference")))
     instances_backend: int = field(metadata=json_meta(key=("instances", "backend")))
     instances_matched: int = field(metadata=json_meta(key=("instances", "matched")))
-    panoptic: PanopticAgreement
+    panoptic: PanopticAgreement  # over every evaluation image
+    # how many images the tensor errors and instances are over: the reference's fidelity subset (the first
+    # evaluation.fidelity_images images, whose raw outputs it kept)
+    tensor_images: int
 
     @property
     def max_abs_error(self) -> float | None:
@@ -235,11 +227,15 @@ class BenchSettings:
     """How the benchmark ran."""
 
     warmup: int
-    iterations: int
+    iterations: int  # the minimum count of timed runs (latency.network.count: how many ran)
     threads: int | None
     images: tuple[str, ...]  # paths of the evaluation images
     cuda_graph: bool = False
     compile_seconds: float | None = None  # torch_compile: the first (compiling) call
+    min_seconds: float = 0.0  # the minimum seconds of timed runs
+    max_seconds: float | None = None  # a cap on the timed phase, if any
+    timed_seconds: float = 0.0  # how long the timed phase took
+    stopped_by: str = "min_iterations+min_seconds"  # timing.TimingRun.stopped_by
 
 
 @dataclass(frozen=True)
@@ -261,7 +257,8 @@ class BenchResult:
     ground_truth: GroundTruthPQ | None
     engine: EngineInfo | None
     environment: Environment
-    # this backend's result for every evaluation image
+    # this backend's result for the example image only (the report draws it; every image's result goes to
+    # a COCO panoptic set, bench.panoptic_store, when asked)
     panoptic: tuple[ImagePanoptic, ...] = field(
         metadata=json_meta(encode=_panoptic_to_json, decode=_panoptic_from_json)
     )

@@ -4,15 +4,17 @@ The timed unit is the whole pipeline of :class:`panoptic_deploy.predict.Predicto
 (:class:`_Pipeline`): host pre-processing (resize/normalise/pad of the decoded image, plus the copy to the
 device), the network (a :mod:`~panoptic_deploy.bench.runners` runner with its own timer) and host
 post-processing (panoptic merge at the original size). :func:`run_bench` then reads as the benchmark does:
-``warmup`` untimed runs, one untimed accuracy run per image against the torch FP32 reference, ``iterations``
-timed runs cycling over the images (batch 1), and the result.
+``warmup`` untimed runs, one untimed accuracy run per image against the torch FP32 reference, timed runs
+cycling over the images (batch 1) until at least ``iterations`` ran and ``min_seconds`` passed
+(:func:`panoptic_deploy.timing.run_timed`), and the result with :func:`~panoptic_deploy.timing.timing_stats`
+per stage.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import torch
 
 from panoptic_deploy.bench.accuracy import ground_truth_pq
 from panoptic_deploy.bench.environment import capture_environment
+from panoptic_deploy.bench.panoptic_store import write_panoptic_set
 from panoptic_deploy.bench.reference import Reference, image_names, read_reference
 from panoptic_deploy.bench.results import (
     Accuracy,
@@ -28,7 +31,6 @@ from panoptic_deploy.bench.results import (
     BenchSettings,
     ImagePanoptic,
     Latency,
-    LatencyStats,
     Memory,
     write_bench,
 )
@@ -41,7 +43,6 @@ from panoptic_deploy.bench.runners import (
     trt_runner,
 )
 from panoptic_deploy.compare import ErrorAccumulator, as_numpy_outputs, panoptic_agreement
-from panoptic_deploy.defaults import schema_default
 from panoptic_deploy.errors import BenchError
 from panoptic_deploy.fileio import PathLike
 from panoptic_deploy.host import peak_rss_mb, rss_mb, utc_now
@@ -49,6 +50,15 @@ from panoptic_deploy.postprocess import PanopticResult, postprocess
 from panoptic_deploy.predict import segments_info
 from panoptic_deploy.preprocess import PreparedImage, prepare_image, read_image
 from panoptic_deploy.spec import ModelSpec
+from panoptic_deploy.timing import (
+    TimingEnvironment,
+    TimingError,
+    TimingPolicy,
+    TimingRun,
+    probe_environment,
+    run_timed,
+    timing_stats,
+)
 from panoptic_deploy.vocab import COMPILE_MODES, OUTPUT_NAMES, TORCH_BACKENDS
 
 
@@ -64,8 +74,13 @@ class BenchSpec:
     Runtime intra-op threads. ``gt_json``/``gt_dir``: COCO panoptic ground truth whose annotation file stems
     equal the image stems. ``allow_tf32`` (torch backends on CUDA): None keeps PyTorch's settings (TF32
     convolutions), False gives strict FP32 convolutions and matrix products, True TF32 for both.
-    ``compile_mode`` (torch_compile): one of :data:`~panoptic_deploy.vocab.COMPILE_MODES`. ``warmup`` and
-    ``iterations`` default to the workflow config schema's ``bench`` defaults.
+    ``compile_mode`` (torch_compile): one of :data:`~panoptic_deploy.vocab.COMPILE_MODES`. ``warmup``,
+    ``iterations`` (the minimum count of timed runs), ``min_seconds`` and ``cov_threshold`` default to the
+    workflow config schema's ``bench`` defaults (:class:`~panoptic_deploy.timing.TimingPolicy`'s);
+    ``max_seconds`` caps the timed phase (None: no cap). ``panoptic_dir``: write every image's panoptic
+    result there as COCO panoptic PNG + JSON (:mod:`~panoptic_deploy.bench.panoptic_store`); the result (and
+    its JSON) carries only ``example_image``'s (file name or stem; default the first image), the one the
+    report draws.
     """
 
     backend: str
@@ -80,20 +95,38 @@ class BenchSpec:
     opts: Sequence[str] = ()
     model: str | None = None
     device: str | None = None
-    warmup: int = field(default_factory=lambda: int(schema_default("bench", "warmup")))
-    iterations: int = field(default_factory=lambda: int(schema_default("bench", "iterations")))
+    warmup: int = field(default_factory=lambda: TimingPolicy().warmup)
+    iterations: int = field(default_factory=lambda: TimingPolicy().min_iterations)
+    min_seconds: float = field(default_factory=lambda: TimingPolicy().min_seconds)
+    max_seconds: float | None = None
+    cov_threshold: float = field(default_factory=lambda: TimingPolicy().cov_threshold)
     threads: int | None = None
     gt_json: PathLike | None = None
     gt_dir: PathLike | None = None
     cuda_graph: bool = False
     allow_tf32: bool | None = None
     compile_mode: str = "default"
+    panoptic_dir: PathLike | None = None
+    example_image: str | None = None
+
+    @property
+    def timing(self) -> TimingPolicy:
+        """How the rows are timed (count and time, CoV threshold)."""
+        return TimingPolicy(
+            warmup=self.warmup,
+            min_iterations=self.iterations,
+            min_seconds=self.min_seconds,
+            max_seconds=self.max_seconds,
+            cov_threshold=self.cov_threshold,
+        )
 
 
 def _checked_device(spec: BenchSpec) -> str:
     """The device, after every check that needs no file: a bad request fails before any work."""
-    if spec.warmup < 0 or spec.iterations < 1:
-        raise BenchError(f"need warmup >= 0 and iterations >= 1, got {spec.warmup} and {spec.iterations}")
+    try:
+        spec.timing.check()
+    except TimingError as exc:
+        raise BenchError(str(exc)) from None
     if spec.compile_mode not in COMPILE_MODES:
         raise BenchError(f"compile mode {spec.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
     device = spec.device or default_device(spec.backend)
@@ -193,20 +226,29 @@ class _Pipeline:
         return _Run(outputs, result, pre_ms, network_ms, post_ms)
 
 
-def _timed_runs(pipeline: _Pipeline, iterations: int, count: int) -> Latency:
-    pre, net, post, total = [], [], [], []
-    for it in range(iterations):
-        run = pipeline(it % count)
+def _timed_runs(pipeline: _Pipeline, policy: TimingPolicy, count: int) -> tuple[Latency, TimingRun]:
+    """Timed runs cycling over the ``count`` images until ``policy`` is met (its warm-up ran already: the
+    accuracy runs come between). The loop's samples are the runner's network times; the stages beside."""
+    pre: list[float] = []
+    post: list[float] = []
+    total: list[float] = []
+
+    def step(k: int) -> float:
+        run = pipeline(k % count)
         pre.append(run.pre_ms)
-        net.append(run.network_ms)
         post.append(run.post_ms)
         total.append(run.pre_ms + run.network_ms + run.post_ms)
-    return Latency(
-        LatencyStats.from_samples(net),
-        LatencyStats.from_samples(pre),
-        LatencyStats.from_samples(post),
-        LatencyStats.from_samples(total),
+        return run.network_ms
+
+    timed = run_timed(step, replace(policy, warmup=0))
+    threshold = policy.cov_threshold
+    latency = Latency(
+        timing_stats(timed.samples_ms, threshold),
+        timing_stats(pre, threshold),
+        timing_stats(post, threshold),
+        timing_stats(total, threshold),
     )
+    return latency, timed
 
 
 def run_bench(spec: BenchSpec) -> BenchResult:
@@ -214,6 +256,7 @@ def run_bench(spec: BenchSpec) -> BenchResult:
     device = _checked_device(spec)
     ref = read_reference(spec.reference)
     images = _evaluation_images(spec, ref)
+    _example_index([r.name for r in ref.images], spec.example_image)  # a bad name fails before any work
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     categories = ref.categories
@@ -225,6 +268,8 @@ def run_bench(spec: BenchSpec) -> BenchResult:
     # starts from the same settings.
     tf32_saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     try:
+        # Probed first: the load average and clocks the timings below meet, not those after them.
+        probed = probe_environment()
         baseline_rss = rss_mb()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -243,7 +288,8 @@ def run_bench(spec: BenchSpec) -> BenchResult:
         results: list[ImagePanoptic] = []
         for k, ref_image in enumerate(ref.images):
             run = pipeline(k)
-            acc.add(as_numpy_outputs(run.outputs), ref_image.outputs)
+            if ref_image.outputs is not None:  # the reference's fidelity subset kept raw outputs
+                acc.add(as_numpy_outputs(run.outputs), ref_image.outputs)
             results.append(
                 ImagePanoptic(
                     ref_image.name,
@@ -254,10 +300,11 @@ def run_bench(spec: BenchSpec) -> BenchResult:
         if spec.backend == "torch_compile" and compile_seconds is None:
             compile_seconds = round(time.perf_counter() - t_first, 2)
 
-        latency = _timed_runs(pipeline, spec.iterations, len(images))
-        result = _result(
-            spec, device, ref, images, runner, results, acc, latency, compile_seconds, baseline_rss
-        )
+        latency, timed = _timed_runs(pipeline, spec.timing, len(images))
+        measured = _Measured(results, acc, latency, timed, compile_seconds, baseline_rss, probed)
+        result = _result(spec, device, ref, images, runner, measured)
+        if spec.panoptic_dir is not None:
+            write_panoptic_set(spec.panoptic_dir, results, categories)
         if spec.output is not None:
             write_bench(result, spec.output)
         return result
@@ -265,21 +312,26 @@ def run_bench(spec: BenchSpec) -> BenchResult:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32_saved
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """What the runs of one benchmark measured, before it becomes a result."""
+
+    results: Sequence[ImagePanoptic]
+    acc: ErrorAccumulator
+    latency: Latency
+    timed: TimingRun
+    compile_seconds: float | None
+    baseline_rss: float
+    probed: TimingEnvironment  # probed before the runner was loaded
+
+
 def _result(
-    spec: BenchSpec,
-    device: str,
-    ref: Reference,
-    images: Sequence[PathLike],
-    runner: Runner,
-    results: Sequence[ImagePanoptic],
-    acc: ErrorAccumulator,
-    latency: Latency,
-    compile_seconds: float | None,
-    baseline_rss: float,
+    spec: BenchSpec, device: str, ref: Reference, images: Sequence[PathLike], runner: Runner, m: _Measured
 ) -> BenchResult:
     """The result of the measured runs: agreement with the reference (and ground truth), memory, settings."""
     categories = ref.categories
     ref_names = [r.name for r in ref.images]
+    results, acc, latency = m.results, m.acc, m.latency
     agreement = panoptic_agreement(
         [r.pair(categories) for r in results],
         [r.panoptic.pair(categories) for r in ref.images],
@@ -294,7 +346,7 @@ def _result(
         else None
     )
     gpu_peak = torch.cuda.max_memory_allocated() / 1e6 if device == "cuda" else None
-    env = capture_environment()
+    env = capture_environment(m.probed)
     return BenchResult(
         model=spec.model or ref.model,
         backend=spec.backend,
@@ -308,16 +360,21 @@ def _result(
             threads=spec.threads,
             images=tuple(str(p) for p in images),
             cuda_graph=runner.cuda_graph,
-            compile_seconds=compile_seconds,
+            compile_seconds=m.compile_seconds,
+            min_seconds=spec.min_seconds,
+            max_seconds=spec.max_seconds,
+            timed_seconds=round(m.timed.seconds, 3),
+            stopped_by=m.timed.stopped_by,
         ),
         latency=latency,
         throughput_ips=1000.0 / latency.network.mean_ms,
         end_to_end_ips=1000.0 / latency.end_to_end.mean_ms,
-        memory=Memory(round(baseline_rss, 1), round(peak_rss_mb(), 1), gpu_peak, runner.gpu_engine_mb),
+        memory=Memory(round(m.baseline_rss, 1), round(peak_rss_mb(), 1), gpu_peak, runner.gpu_engine_mb),
         accuracy=Accuracy(
             reference=Path(spec.reference).name,
             reference_sha256=ref.sha256,
             tensors=acc.result(),
+            tensor_images=sum(1 for r in ref.images if r.outputs is not None),
             instances_reference=acc.instances_ref,
             instances_backend=acc.instances_test,
             instances_matched=acc.instances_matched,
@@ -326,11 +383,22 @@ def _result(
         ground_truth=ground_truth,
         engine=runner.engine,
         environment=env,
-        panoptic=tuple(results),
+        panoptic=(results[_example_index(ref_names, spec.example_image)],),
         notes=tuple(runner.notes),
         created=utc_now(),
         categories=categories,
     )
+
+
+def _example_index(names: Sequence[str], example_image: str | None) -> int:
+    """Which image's panoptic result the benchmark file carries: ``example_image``'s (file name or stem),
+    else the first."""
+    if example_image is None:
+        return 0
+    stem = Path(example_image).stem
+    if stem not in names:
+        raise BenchError(f"example image '{example_image}' is not among the evaluation images {list(names)}")
+    return list(names).index(stem)
 
 
 def _as_mapping(outputs: Any) -> Mapping[str, Any]:

@@ -18,6 +18,7 @@ from panoptic_deploy.cli.common import (
     input_hw,
 )
 from panoptic_deploy.defaults import schema_default
+from panoptic_deploy.timing import TimingPolicy, format_cov, format_ms
 from panoptic_deploy.vocab import (
     BENCH_BACKENDS,
     CALIBRATION_METHODS,
@@ -259,7 +260,7 @@ def _add_engine(sub: Subparsers) -> None:
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
-    from panoptic_deploy.bench.reference import write_reference
+    from panoptic_deploy.bench.reference import reference_panoptic_dir, write_reference
     from panoptic_deploy.categories import load_category_set
 
     check_output("--output", args.output, [args.config, args.weights, args.categories, *args.images])
@@ -274,9 +275,12 @@ def _cmd_reference(args: argparse.Namespace) -> int:
         threads=args.threads,
         categories=load_category_set(args.categories),
         buckets=buckets(args),
+        fidelity_images=None if args.fidelity_images == 0 else args.fidelity_images,
     )
+    kept = sum(1 for image in reference.images if image.outputs is not None)
     print(
-        f"wrote {args.output}: torch FP32 reference of {reference.model} on {len(reference.images)} image(s)"
+        f"wrote {args.output}: torch FP32 reference of {reference.model} on {len(reference.images)} "
+        f"image(s), raw outputs of {kept}; panoptic maps in {reference_panoptic_dir(args.output)}"
     )
     return 0
 
@@ -291,6 +295,9 @@ def _add_reference(sub: Subparsers) -> None:
     )
     p.add_argument("--model", default=None, help="model name to record (default: the output file stem)")
     add_buckets(p)
+    fidelity = schema_default("evaluation", "fidelity_images")
+    p.add_argument("--fidelity-images", type=int, default=fidelity,
+                   help=f"raw outputs of the first N images only (default {fidelity}; 0: all)")  # fmt: skip
     add_opts(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     add_categories(p)
@@ -319,22 +326,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         warmup=args.warmup,
         iterations=args.iterations,
+        min_seconds=args.min_seconds,
+        cov_threshold=args.cov_threshold,
         threads=args.threads,
         gt_json=args.gt_json,
         gt_dir=args.gt_dir,
         cuda_graph=args.cuda_graph,
         compile_mode=args.compile_mode,
         allow_tf32=None if args.tf32 is None else args.tf32 == "on",
+        panoptic_dir=args.panoptic_dir,
+        example_image=args.example_image,
     )
     result = run_bench(spec)
     net = result.latency.network
     pan = result.accuracy.panoptic
     print(
         f"{result.model} {result.backend} {result.precision} on {result.device_name}: network p50 "
-        f"{net.p50_ms:.1f} ms (p90 {net.p90_ms:.1f}, p99 {net.p99_ms:.1f}), "
-        f"{result.throughput_ips:.2f} img/s; "
+        f"{net.p50_ms:.1f} ms (p90 {format_ms(net.p90_ms)}, p99 {format_ms(net.p99_ms)}, "
+        f"CoV {format_cov(net.cov)} over {net.count} runs), {result.throughput_ips:.2f} img/s; "
         f"PQ vs torch FP32 {100 * pan.pq:.2f}, pixel agreement {100 * pan.pixel_agreement:.2f}%"
     )
+    note = net.note()
+    if note:
+        print(f"warning: {note}")
     if args.output:
         print(f"wrote {args.output}")
     return 0
@@ -347,14 +361,36 @@ def _add_bench(sub: Subparsers) -> None:
     p.add_argument("--config", required=True, help="PanopticFCN/detectron2 YAML config")
     p.add_argument("--reference", required=True, help="reference .npz from 'panoptic-deploy reference'")
     p.add_argument("--output", default=None, help="result JSON (validated against the schema)")
+    p.add_argument("--panoptic-dir", default=None,
+                   help="write every image's panoptic result there (COCO panoptic PNG + JSON)")  # fmt: skip
+    p.add_argument("--example-image", default=None,
+                   help="the image whose panoptic result the JSON carries (default: the first)")  # fmt: skip
     p.add_argument("--weights", default=None, help="checkpoint (torch backends)")
     p.add_argument("--engine", default=None, help="engine file (onnxruntime, tensorrt)")
     p.add_argument("--sidecar", default=None, help="engine sidecar (default: ENGINE.json)")
     p.add_argument("--model", default=None, help="model name (default: the reference's)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda where it applies")
-    warmup, iterations = schema_default("bench", "warmup"), schema_default("bench", "iterations")
+    policy = TimingPolicy()  # the workflow config schema's bench defaults
+    warmup = policy.warmup
     p.add_argument("--warmup", type=int, default=warmup, help=f"untimed runs (default {warmup})")
-    p.add_argument("--iterations", type=int, default=iterations, help=f"timed runs (default {iterations})")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=policy.min_iterations,
+        help=f"minimum timed runs (default {policy.min_iterations}), with --min-seconds",
+    )
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=policy.min_seconds,
+        help=f"minimum seconds of timed runs (default {policy.min_seconds:g})",
+    )
+    p.add_argument(
+        "--cov-threshold",
+        type=float,
+        default=policy.cov_threshold,
+        help=f"flag the row as unstable above this network latency CoV (default {policy.cov_threshold:g})",
+    )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (torch and ONNX Runtime)")
     p.add_argument("--gt-json", default=None, help="COCO panoptic ground-truth JSON (optional)")
     p.add_argument("--gt-dir", default=None, help="folder of ground-truth PNGs (with --gt-json)")

@@ -256,6 +256,30 @@ def _add_int8_debug(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_int8_debug)
 
 
+def _cmd_compare_timings(args: argparse.Namespace) -> int:
+    from panoptic_deploy.report.stability import bench_files, compare_runs
+
+    comparison = compare_runs(bench_files(args.run_a), bench_files(args.run_b), args.tolerance)
+    print("\n".join(comparison.lines()))
+    return 1 if comparison.failures else 0
+
+
+def _add_compare_timings(sub: Subparsers) -> None:
+    from panoptic_deploy.report.stability import DEFAULT_TOLERANCE
+
+    p = sub.add_parser(
+        "compare-timings",
+        help="compare the network p50 of two runs' benchmark files, row by row (exit 1: an unflagged row "
+        "differs by more than the tolerance)",
+    )
+    p.add_argument("run_a", help="folder of run A's benchmark JSONs (e.g. a copy of results/bench)")
+    p.add_argument("run_b", help="folder of run B's benchmark JSONs")
+    tolerance = DEFAULT_TOLERANCE
+    p.add_argument("--tolerance", type=float, default=tolerance,
+                   help=f"largest relative p50 change of an unflagged row (default {tolerance})")  # fmt: skip
+    p.set_defaults(func=_cmd_compare_timings)
+
+
 def add_parsers(sub: Subparsers) -> None:
     """Register the subcommands of this module, in help order."""
     _add_make_weights(sub)
@@ -264,3 +288,4 @@ def add_parsers(sub: Subparsers) -> None:
     _add_predict(sub)
     _add_pq(sub)
     _add_int8_debug(sub)
+    _add_compare_timings(sub)

@@ -45,6 +45,7 @@ from panoptic_deploy.report.tables import (
     results_table,
     row_key,
     row_label,
+    stability_lines,
     trtexec_lines,
     unique_environments,
 )
@@ -202,6 +203,9 @@ def _report_text(
         "",
         f"Generated {created} by panoptic-deploy {__version__} from {len(rows)} benchmark file(s).",
         "Latency is the network alone, per image (batch 1); end-to-end adds host pre- and post-processing.",
+        "p90 is shown from 10 timed runs and p99 from 100 (`–` below: with fewer runs the percentile is only "
+        "the slowest run); CoV is the coefficient of variation (stdev / mean) of the network latency, and a "
+        "row whose CoV exceeds its threshold is marked unstable.",
         "Fidelity compares each row with the torch FP32 reference on the same evaluation images: PQ of its "
         "panoptic output with the reference output as ground truth, pixel agreement of the category maps, "
         "and the largest absolute error over the float outputs.",
@@ -250,7 +254,10 @@ def _report_text(
         "## Per-output errors against torch FP32",
         "",
         "Float outputs: max / mean absolute error over the compared values (instance rows matched first). "
-        "Bool/int outputs: mismatches / compared.",
+        "Bool/int outputs: mismatches / compared. Over the first "
+        f"{', '.join(sorted({str(r.accuracy.tensor_images) for r in rows}))} evaluation image(s), whose raw "
+        "outputs the reference keeps (`evaluation.fidelity_images`); the PQ columns above are over every "
+        "image.",
         "",
     ]
     for group in groups:
@@ -266,10 +273,12 @@ def _model_results(model_rows: Sequence[BenchResult], heading: str) -> list[str]
         heading,
         "",
         f"Input {first.input_shape[2]}x{first.input_shape[3]} (H x W), {len(settings.images)} evaluation "
-        f"image(s), {settings.warmup} warm-up and {settings.iterations} timed run(s) per row.",
+        f"image(s), {settings.warmup} warm-up run(s) per row, then timed runs until at least "
+        f"{settings.iterations} ran and {settings.min_seconds:g} s passed.",
         "",
         *results_table(model_rows, False),
         "",
+        *stability_lines(model_rows),
     ]
     if baseline_row(model_rows, first) is None:
         lines += ["No torch FP32 row for this model, so no speedup column.", ""]

@@ -52,24 +52,32 @@ def _latency_axis(ax: Any, low: float, high: float) -> None:
 
 
 def plot_latency(rows: Sequence[BenchResult], path: Path, with_model: bool) -> None:
-    """Horizontal bars of network p50 latency with a whisker to p99 and a tick at p90."""
+    """Horizontal bars of network p50 latency with a whisker to the highest percentile the row reports (p99,
+    else p90: a row with too few runs reports neither, and gets no whisker) and a tick at p90."""
     fig = _new_figure(8.0, 1.2 + 0.45 * len(rows))
     ax = fig.add_subplot()
     y = np.arange(len(rows))[::-1]
-    p50 = np.array([r.latency.network.p50_ms for r in rows])
-    p90 = np.array([r.latency.network.p90_ms for r in rows])
-    p99 = np.array([r.latency.network.p99_ms for r in rows])
+
+    def ms(values: Sequence[float | None]) -> NDArray[np.float64]:
+        return np.array([np.nan if v is None else v for v in values], np.float64)
+
+    p50 = ms([r.latency.network.p50_ms for r in rows])
+    p90 = ms([r.latency.network.p90_ms for r in rows])
+    p99 = ms([r.latency.network.p99_ms for r in rows])
+    top = np.where(np.isfinite(p99), p99, np.where(np.isfinite(p90), p90, p50))
     ax.barh(y, p50, color="#4C72B0", label="p50")
-    ax.hlines(y, p50, p99, color="black", linewidth=1)
-    ax.plot(p90, y, linestyle="none", marker="|", markersize=14, color="black", label="p90")
-    ax.plot(p99, y, linestyle="none", marker=">", color="#C44E52", label="p99")
+    ax.hlines(y, p50, top, color="black", linewidth=1)
+    if np.isfinite(p90).any():
+        ax.plot(p90, y, linestyle="none", marker="|", markersize=14, color="black", label="p90")
+    if np.isfinite(p99).any():
+        ax.plot(p99, y, linestyle="none", marker=">", color="#C44E52", label="p99")
     ax.set_yticks(y, [row_label(r, with_model) for r in rows])
-    _latency_axis(ax, float(p50.min()), float(p99.max()))
+    _latency_axis(ax, float(p50.min()), float(top.max()))
     scale = ", log scale" if ax.get_xscale() == "log" else ""
     ax.set_xlabel(f"network latency per image (ms), batch 1{scale}")
     # Below the axes: inside, it would cover the longest bar at the bottom.
     fig.legend(loc="outside lower center", ncols=3, fontsize="small", frameon=False)
-    ax.set_title("Latency: p50 bar, whisker to p99 (| = p90)")
+    ax.set_title("Latency: p50 bar, whisker to p99 (| = p90; each only from enough runs)")
     _save(fig, path)
 
 
@@ -142,9 +150,15 @@ def plot_panoptic(rows: Sequence[BenchResult], path: Path, example: str | None) 
     names = [p.name for p in first.panoptic]
     stem = Path(example).stem if example else names[0]
     if stem not in names:
-        raise BenchError(f"example image '{example}' is not among the evaluation images {names}")
+        raise BenchError(
+            f"example image '{example}' is not in the benchmark files (they carry {names}; "
+            "the benchmarks take report.example_image)"
+        )
     index = names.index(stem)
-    photo = _photo(first.settings.images[index], first.panoptic[index].panoptic_seg.shape)
+    # The benchmark file carries the example image's result only; its photo is the evaluation image of
+    # that name.
+    source = next((p for p in first.settings.images if Path(p).stem == stem), None)
+    photo = None if source is None else _photo(source, first.panoptic[index].panoptic_seg.shape)
     from panoptic_deploy.categories import COCO
 
     categories = first.categories or COCO

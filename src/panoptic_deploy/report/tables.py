@@ -8,6 +8,7 @@ from pathlib import Path
 
 from panoptic_deploy.bench.results import BenchResult, Environment, baseline_row, row_where
 from panoptic_deploy.engines.trtexec import TrtexecCheck
+from panoptic_deploy.timing import TimingEnvironment, format_cov, load_is_high
 from panoptic_deploy.vocab import BENCH_BACKENDS
 from panoptic_deploy.vocab import PRECISIONS as BENCH_PRECISIONS
 
@@ -51,10 +52,32 @@ def environment_lines(envs: Sequence[Environment]) -> list[str]:
             "benchmark, "
             f"PyTorch threads {env.torch_threads}",
             f"- GPU: {gpu}",
+            *timing_environment_lines(env.timing),
             f"- Python {env.python} on {env.platform}",
             f"- Versions: {versions}",
             "",
         ]
+    return lines
+
+
+def timing_environment_lines(t: TimingEnvironment) -> list[str]:
+    """What affects timings (:func:`panoptic_deploy.timing.probe_environment`), as probed by the first row of
+    this environment: governor, frequency, ISA and kernels, load; NVML's GPU state where there is a GPU."""
+    governor = ", ".join(t.cpu_governors) if t.cpu_governors else "not readable"
+    load = "not readable" if t.load_average is None else " / ".join(f"{v:.2f}" for v in t.load_average)
+    mhz = "frequency not reported" if t.cpu_mhz is None else f"{t.cpu_mhz:.0f} MHz mean"
+    isa = " ".join(t.cpu_isa) or "not readable"
+    lines = [
+        f"- CPU timing state: governor {governor}; {mhz}; ISA {isa}; PyTorch kernels "
+        f"{t.torch_cpu_capability or 'unknown'}; load average (1 / 5 / 15 min) at start {load}"
+    ]
+    for g in t.gpus:
+        lines.append(
+            f"- GPU {g.index} timing state (NVML, driver {t.nvidia_driver or 'unknown'}): {g.name}, SM clock "
+            f"{fmt(g.sm_clock_mhz, 0)} of {fmt(g.max_sm_clock_mhz, 0)} MHz, memory clock "
+            f"{fmt(g.memory_clock_mhz, 0)} MHz, {fmt(g.temperature_c, 0)} °C, {fmt(g.power_w, 0)} W, "
+            f"P{'?' if g.performance_state is None else g.performance_state}"
+        )
     return lines
 
 
@@ -66,6 +89,7 @@ def results_table(rows: Sequence[BenchResult], with_model: bool) -> list[str]:
         "p50 ms",
         "p90 ms",
         "p99 ms",
+        "CoV",
         "img/s (network)",
         "end-to-end p50 ms",
         "speedup vs torch FP32",
@@ -93,6 +117,7 @@ def results_table(rows: Sequence[BenchResult], with_model: bool) -> list[str]:
             fmt(r.latency.network.p50_ms),
             fmt(r.latency.network.p90_ms),
             fmt(r.latency.network.p99_ms),
+            cov_cell(r),
             fmt(r.throughput_ips, 2),
             fmt(r.latency.end_to_end.p50_ms),
             "–" if speedup is None else f"{speedup:.2f}x",
@@ -113,6 +138,32 @@ def results_table(rows: Sequence[BenchResult], with_model: bool) -> list[str]:
             )
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def cov_cell(r: BenchResult) -> str:
+    """The row's network CoV, marked when the row is flagged unstable (its CoV above its threshold)."""
+    net = r.latency.network
+    return f"{format_cov(net.cov)} unstable" if net.unstable else format_cov(net.cov)
+
+
+def stability_lines(rows: Sequence[BenchResult]) -> list[str]:
+    """One line on the rows' timing stability: which rows the report flags (network CoV above the threshold
+    they ran with) and why, or that none is; and a warning when the machine was busy as a row started."""
+    flagged = [r for r in rows if r.latency.network.unstable]
+    if flagged:
+        lines = [f"- Unstable timings: {row_label(r, False)}: {r.latency.network.note()}." for r in flagged]
+    else:
+        thresholds = sorted({f"{r.latency.network.cov_threshold:.1%}" for r in rows})
+        lines = [f"- Stable timings: every row's network CoV is within {', '.join(thresholds)}."]
+    busy = [r for r in rows if load_is_high(r.environment.timing)]
+    for r in busy:
+        load = r.environment.timing.load_average
+        assert load is not None  # load_is_high is False without one
+        lines.append(
+            f"- {row_label(r, False)}: load average {load[0]:.2f} at its start exceeds the "
+            f"{r.environment.timing.cpu_affinity} CPU(s) it may use: other work competed, whatever its CoV."
+        )
+    return [*lines, ""]
 
 
 def error_table(rows: Sequence[BenchResult], with_model: bool) -> list[str]:
