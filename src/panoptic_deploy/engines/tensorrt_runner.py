@@ -67,6 +67,26 @@ class TrtMemory:
     torch_peak_allocated_bytes: int  # torch.cuda.max_memory_allocated on the device since the last reset
 
 
+def _check_built_here(sidecar: EngineSidecar, engine_path: Path, device: int, tensorrt_version: str) -> None:
+    """EngineError naming the engine unless its sidecar says it was built by this TensorRT on this kind of
+    GPU and the file is the one the sidecar describes."""
+    if sidecar.backend != "tensorrt":
+        raise EngineError(f"{engine_path}: sidecar is for backend {sidecar.backend}, not tensorrt")
+    if sidecar.backend_version != tensorrt_version:
+        raise EngineError(
+            f"{engine_path}: built with TensorRT {sidecar.backend_version}, this process has "
+            f"TensorRT {tensorrt_version}; rebuild the engine"
+        )
+    here = gpu_info(device)
+    built = sidecar.device
+    if (built.name, built.compute_capability) != (here.name, here.compute_capability):
+        raise EngineError(
+            f"{engine_path}: built on {built.name} (compute capability {built.compute_capability}), "
+            f"this GPU is {here.name} (compute capability {here.compute_capability}); rebuild the engine"
+        )
+    check_engine_file(sidecar, engine_path)
+
+
 class TrtRunner:
     """Runs a plan from :func:`build_trt_engine` on torch CUDA tensors, on its own CUDA stream.
 
@@ -90,21 +110,7 @@ class TrtRunner:
         import tensorrt as trt
 
         self.device = torch.cuda.current_device() if device is None else device
-        if sidecar.backend != "tensorrt":
-            raise EngineError(f"{self.engine_path}: sidecar is for backend {sidecar.backend}, not tensorrt")
-        if sidecar.backend_version != trt.__version__:
-            raise EngineError(
-                f"{self.engine_path}: built with TensorRT {sidecar.backend_version}, this process has "
-                f"TensorRT {trt.__version__}; rebuild the engine"
-            )
-        here = gpu_info(self.device)
-        built = sidecar.device
-        if (built.name, built.compute_capability) != (here.name, here.compute_capability):
-            raise EngineError(
-                f"{self.engine_path}: built on {built.name} (compute capability {built.compute_capability}), "
-                f"this GPU is {here.name} (compute capability {here.compute_capability}); rebuild the engine"
-            )
-        check_engine_file(sidecar, self.engine_path)
+        _check_built_here(sidecar, self.engine_path, self.device, trt.__version__)
 
         TRT_ERRORS.clear()
         self._logger = shared_logger()  # must outlive the runtime, engine and context
@@ -119,8 +125,8 @@ class TrtRunner:
             context = engine.create_execution_context()
             if context is None:
                 raise EngineError(f"{self.engine_path}: cannot create an execution context: {last_errors()}")
-            # Plans are built with detailed profiling verbosity (for their layer information); NVTX at that
-            # level costs enqueue time, so timed runs annotate layer names only.
+            # Plans carry detailed layer information (build_trt_engine); NVTX at that level costs enqueue
+            # time, so timed runs annotate layer names only.
             context.nvtx_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY
             self._context = context
             torch.cuda.synchronize()

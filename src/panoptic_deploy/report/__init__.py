@@ -182,6 +182,24 @@ def report_after_failure(
     return verdict
 
 
+def _header_lines(n_files: int) -> list[str]:
+    """The title, when and from what the report was made, and how to read its columns."""
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return [
+        "# panoptic-deploy benchmark report",
+        "",
+        f"Generated {created} by panoptic-deploy {__version__} from {n_files} benchmark file(s).",
+        "Latency is the network alone, per image (batch 1); end-to-end adds host pre- and post-processing.",
+        "p90 is shown from 10 timed runs and p99 from 100 (`–` below: with fewer runs the percentile is only "
+        "the slowest run); CoV is the coefficient of variation (stdev / mean) of the network latency, and a "
+        "row whose CoV exceeds its threshold is marked unstable.",
+        "Fidelity compares each row with the torch FP32 reference on the same evaluation images: PQ of its "
+        "panoptic output with the reference output as ground truth, pixel agreement of the category maps, "
+        "and the largest absolute error over the float outputs.",
+        "",
+    ]
+
+
 def _report_text(
     rows: Sequence[BenchResult],
     models: Sequence[str],
@@ -197,21 +215,7 @@ def _report_text(
     def rel(path: Path) -> str:
         return os.path.relpath(path, output.parent).replace(os.sep, "/")
 
-    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    lines = [
-        "# panoptic-deploy benchmark report",
-        "",
-        f"Generated {created} by panoptic-deploy {__version__} from {len(rows)} benchmark file(s).",
-        "Latency is the network alone, per image (batch 1); end-to-end adds host pre- and post-processing.",
-        "p90 is shown from 10 timed runs and p99 from 100 (`–` below: with fewer runs the percentile is only "
-        "the slowest run); CoV is the coefficient of variation (stdev / mean) of the network latency, and a "
-        "row whose CoV exceeds its threshold is marked unstable.",
-        "Fidelity compares each row with the torch FP32 reference on the same evaluation images: PQ of its "
-        "panoptic output with the reference output as ground truth, pixel agreement of the category maps, "
-        "and the largest absolute error over the float outputs.",
-        "",
-        *(verdict_markdown(verdict) if verdict is not None else []),
-    ]
+    lines = [*_header_lines(len(rows)), *(verdict_markdown(verdict) if verdict is not None else [])]
     if not rows:
         lines += ["No benchmark produced a result: see the verdict for each row's error.", ""]
         return "\n".join(lines + _skipped_lines(skipped_list)).rstrip() + "\n"
