@@ -307,3 +307,19 @@ def test_schema_defaults_are_the_documented_gates() -> None:
         "fp16": Gate(max_pq_drop=0.5),
         "int8": Gate(max_pq_drop=2.0, min_speedup=1.5),
     }
+
+
+def test_the_int8_search_is_decided_by_the_accuracy_gate_alone(tmp_path: Path) -> None:
+    from panoptic_deploy.int8_job import int8_gate_rows
+
+    files = [tmp_path / "torch.json", tmp_path / "int8.json"]
+    write_bench(_result("torch", "fp32", p50=100.0, fidelity_pq=1.0), files[0])
+    write_bench(_result("onnxruntime", "int8", p50=50.0, fidelity_pq=0.99), files[1])  # 1.0 PQ lost
+    # Too slow but accurate enough: the verdict fails, the search (which restores accuracy) is not needed.
+    rows, passed = int8_gate_rows(files, {"int8": {"max_pq_drop": 2.0, "min_speedup": 1000.0}}, MODEL)
+    assert [(r["gate"], r["status"]) for r in rows] == [("max_pq_drop", "PASS"), ("min_speedup", "FAIL")]
+    assert passed
+    rows, passed = int8_gate_rows(files, {"int8": {"max_pq_drop": 0.5}}, MODEL)
+    assert [(r["gate"], r["status"]) for r in rows] == [("max_pq_drop", "FAIL")] and not passed
+    _, passed = int8_gate_rows(files[:1], {"int8": {"max_pq_drop": 2.0}}, MODEL)
+    assert not passed  # no INT8 result: not passing

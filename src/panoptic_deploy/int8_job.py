@@ -2,8 +2,9 @@
 
 When it runs is config ``int8.debug``:
 
-* ``auto`` (default): the job always exists, after the branch's INT8 benchmarks. It checks the INT8 gate
-  (``gates.int8``, :func:`gates.evaluate_gates`) on them; when every INT8 row passes it writes a short
+* ``auto`` (default): the job always exists, after the branch's INT8 benchmarks. It checks the INT8 accuracy
+  gate (``gates.int8.max_pq_drop``, :func:`gates.evaluate_gates`; a speedup gate is the verdict's alone,
+  excluding nodes cannot make INT8 faster) on them; when every INT8 row passes it writes a short
   ``"status": "gate passed"`` file within a second and stops. When a row fails (or no INT8 row has a
   result) it runs :func:`int8_debug.debug_int8` on the first ``int8.debug_images`` calibration images and
   then the sensitivity search (:func:`int8_search.sensitivity_search`) against the torch FP32 reference.
@@ -56,7 +57,9 @@ def int8_gate_rows(
     bench_files: Sequence[PathLike], gates_config: Mapping[str, Any] | None, model: str
 ) -> tuple[list[dict[str, Any]], bool]:
     """The INT8 gate's verdict rows of ``model`` from its benchmark JSONs (torch FP32 among them, as the
-    baseline) and whether they all pass; no INT8 row with a result counts as not passing."""
+    baseline) and whether its accuracy rows (``max_pq_drop``) all pass; no INT8 row with a result counts as
+    not passing. A failing ``min_speedup`` does not count: excluding nodes from INT8 restores accuracy, not
+    speed (the verdict still fails on it)."""
     from panoptic_deploy.bench.results import read_bench
     from panoptic_deploy.gates import evaluate_gates, gates_from_config
 
@@ -64,7 +67,8 @@ def int8_gate_rows(
     verdict = evaluate_gates(results, gates_from_config(gates_config), created="")
     rows = [r.to_json() for r in verdict.rows if r.model == model and r.precision == "int8"]
     has_result = any(r.model == model and r.precision == "int8" for r in results)
-    return rows, has_result and all(r["status"] == "PASS" for r in rows)
+    accuracy = [r for r in rows if r["gate"] == "max_pq_drop"]
+    return rows, has_result and all(r["status"] == "PASS" for r in accuracy)
 
 
 def run_int8_debug(
