@@ -201,9 +201,9 @@ def test_forty_images_of_ten_sizes_plan_two_bucket_branches(tmp_path: Path) -> N
         counts[name] = job_counts(proc.stdout)
     per_branch = {"export_onnx": 1, "simplify_onnx": 1, "fp16_onnx": 1, "calibration_cache": 1,
                   "int8_onnx": 1, "engine_onnxruntime": 3, "reference_outputs": 1, "bench_torch": 1,
-                  "bench_engine": 3}  # fmt: skip
+                  "bench_engine": 3, "int8_debug": 1}  # fmt: skip
     once = {"synthetic_weights": 1, "verdict": 1, "report": 1}
     assert counts["auto"] == {**{rule: 10 * n for rule, n in per_branch.items()}, **once}
     assert counts["buckets"] == {**{rule: 2 * n for rule, n in per_branch.items()}, **once}
-    assert sum(counts["auto"].values()) == 133 and sum(counts["buckets"].values()) == 29
+    assert sum(counts["auto"].values()) == 143 and sum(counts["buckets"].values()) == 31
     assert not (workdir / "results").exists()
