@@ -200,6 +200,29 @@ def bench_engine_inputs(wildcards):
     }
 
 
+# INT8 debugging (rule int8_debug, config int8.debug)
+
+INT8_DEBUG_MODE = str(config["int8"]["debug"]).lower()  # YAML true/false arrive as booleans
+INT8_DEBUG_FILES = (
+    expand("results/int8_debug/{model}.json", model=PLAN.branches)
+    if INT8_DEBUG_MODE != "false" and "int8" in PLAN.precisions
+    else []
+)
+
+
+def int8_debug_bench(wildcards):
+    """The branch's INT8 benchmark rows and the torch FP32 rows they are gated against."""
+    return [
+        row.path(wildcards.model)
+        for row in PLAN.rows
+        if row.precision == "int8" or (row.backend in PLAN.torch_backends and row.precision == "fp32")
+    ]
+
+
+def int8_debug_images(wildcards):
+    return list(PLAN.calibration_images[: config["int8"]["debug_images"]])
+
+
 # --------------------------------------------------------------------------------------------------------
 # Resources: Snakemake's standard gpu / gpu_model, which the SLURM executor maps to --gpus=<model>:1
 

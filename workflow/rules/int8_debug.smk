@@ -4,27 +4,6 @@
 # passed" file when every INT8 row passes (a second, no model run), so the DAG does not depend on results.
 
 
-INT8_DEBUG_MODE = str(config["int8"]["debug"]).lower()  # YAML true/false arrive as booleans
-INT8_DEBUG_FILES = (
-    expand("results/int8_debug/{model}.json", model=PLAN.branches)
-    if INT8_DEBUG_MODE != "false" and "int8" in PLAN.precisions
-    else []
-)
-
-
-def int8_debug_bench(wildcards):
-    """The branch's INT8 benchmark rows and the torch FP32 rows they are gated against."""
-    return [
-        row.path(wildcards.model)
-        for row in PLAN.rows
-        if row.precision == "int8" or (row.backend in PLAN.torch_backends and row.precision == "fp32")
-    ]
-
-
-def int8_debug_images(wildcards):
-    return list(PLAN.calibration_images[: config["int8"]["debug_images"]])
-
-
 rule int8_debug:
     input:
         fp32="results/onnx/{model}.sim.onnx",
