@@ -26,6 +26,7 @@ from typing import Any
 
 from panoptic_deploy.fileio import PathLike
 from panoptic_deploy.int8_debug import INT8_DEBUG_FORMAT_VERSION, Int8Debug, Int8DebugError
+from panoptic_deploy.int8_search import SEARCH_EVALUATIONS
 from panoptic_deploy.jsonfiles import write_checked_json
 
 INT8_DEBUG_SCHEMA = "int8_debug.schema.json"
@@ -87,7 +88,7 @@ def run_int8_debug(
     high_precision: str = "fp32",
     exclude_op_types: Sequence[str] = (),
     exclude_nodes: Sequence[str] = (),
-    search_evaluations: int = 60,
+    search_evaluations: int = SEARCH_EVALUATIONS,
     threads: int | None = None,
     output: PathLike,
 ) -> Int8DebugRun:

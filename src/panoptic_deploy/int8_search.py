@@ -24,9 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from panoptic_deploy.defaults import schema_default
 from panoptic_deploy.fileio import PathLike
 from panoptic_deploy.int8_debug import Batch, _session
 from panoptic_deploy.int8_groups import NodeGroup, children, quantized_groups, unquantize_nodes
+
+# The search's evaluation budget: the config schema's int8.search_evaluations, the one place it is set.
+SEARCH_EVALUATIONS: int = schema_default("int8", "search_evaluations")
 
 # A loss of an INT8 model file: lower is better, 0 = identical to FP32 (e.g. PQ points dropped).
 Evaluator = Callable[[Path], float]
@@ -317,7 +321,7 @@ def sensitivity_search(
     budget: float,
     *,
     max_nodes: int | None = None,
-    max_evaluations: int = 60,
+    max_evaluations: int = SEARCH_EVALUATIONS,
     confirm: Evaluator | None = None,
     high_precision: str = "fp32",
     exclude_op_types: Sequence[str] = (),
