@@ -15,7 +15,8 @@ from PIL import Image
 from panoptic_deploy.errors import ConfigError
 from panoptic_deploy.gpu import GpuIdentity, GpuMismatchError, _cuda_visible, check_gpu, gpu_matches
 from panoptic_deploy.model_sheet import read_model_sheet
-from panoptic_deploy.plan import CPU, BenchRow, plan
+from panoptic_deploy.plan import BenchRow, plan
+from panoptic_deploy.vocab import CPU
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"

@@ -34,9 +34,7 @@ from panoptic_deploy.bench.results import BenchResult, baseline_row, read_bench,
 from panoptic_deploy.errors import BenchError, PanopticDeployError
 from panoptic_deploy.fileio import PathLike
 from panoptic_deploy.jsonfiles import read_checked_json, write_checked_json
-from panoptic_deploy.vocab import BENCH_BACKENDS, PRECISIONS
-
-CPU = "cpu"  # the plan's device key of CPU rows (the others are GPU types of config 'gpus')
+from panoptic_deploy.vocab import BENCH_BACKENDS, CPU, PRECISIONS
 
 Status = Literal["PASS", "FAIL", "NOT RUN"]
 STATUSES: tuple[Status, ...] = ("PASS", "FAIL", "NOT RUN")

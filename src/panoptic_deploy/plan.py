@@ -26,9 +26,8 @@ from typing import Any
 from panoptic_deploy.errors import ConfigError, ImageError, NoBucketError, PanopticDeployError
 from panoptic_deploy.geometry import image_header_size, padded_input_size
 from panoptic_deploy.model_sheet import ModelEntry, model_entries
-from panoptic_deploy.vocab import ENGINE_BACKENDS, ENGINE_EXTENSIONS, PRECISIONS, TORCH_BACKENDS
+from panoptic_deploy.vocab import CPU, ENGINE_BACKENDS, ENGINE_EXTENSIONS, PRECISIONS, TORCH_BACKENDS
 
-CPU = "cpu"  # the device name of CPU rows (every other device is a GPU type of config 'gpus')
 ReadSize = Callable[[Path], tuple[int, int]]
 
 

@@ -7,6 +7,10 @@ these tuples). Nothing here imports anything heavy: the report and the result fi
 
 from __future__ import annotations
 
+# The device name of the CPU rows in paths, the plan and the verdict; every other device is a GPU type of
+# config 'gpus'.
+CPU = "cpu"
+
 # Precisions of the ONNX artefacts and engines: fp32, fp16 (FP32 I/O) and int8 (explicit Q/DQ, FP16 or FP32
 # elsewhere). The order is the report's row order.
 PRECISIONS = ("fp32", "fp16", "int8")

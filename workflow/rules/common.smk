@@ -20,7 +20,8 @@ from snakemake.utils import validate
 
 import panoptic_deploy
 from panoptic_deploy.errors import ConfigError
-from panoptic_deploy.plan import CPU, engine_path, plan
+from panoptic_deploy.plan import engine_path, plan
+from panoptic_deploy.vocab import CPU
 
 PACKAGE_VERSION = panoptic_deploy.__version__
 SCHEMA_PATH = Path(workflow.current_basedir) / ".." / "schemas" / "config.schema.yaml"
