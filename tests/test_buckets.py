@@ -40,7 +40,9 @@ def test_padded_input_size_with_buckets_against_brute_force() -> None:
     rng = np.random.default_rng()
     buckets = [tuple(int(v) for v in 32 * rng.integers(2, 12, 2)) for _ in range(4)]
     for _ in range(300):
-        height, width = (int(v) for v in rng.integers(1, 900, 2))
+        # Sides from 8: a 1-pixel side can exceed the aspect ratio the test resize allows (798x1 -> 300x0),
+        # which is an ImageError of its own (tested with the bad inputs), not a bucket question.
+        height, width = (int(v) for v in rng.integers(8, 900, 2))
         padded = padded_shape(*resized_shape(height, width, 64, 300))
         assert padded_input_size(height, width, 64, 300) == padded
         holding = [b for b in buckets if b[0] >= padded[0] and b[1] >= padded[1]]
